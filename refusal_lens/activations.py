@@ -1,0 +1,155 @@
+"""Residual-stream caches: streaming float64 means, and ActivationCache runs for notebooks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .model import Batch, LensModel
+
+RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
+
+
+class ActivationError(ValueError):
+    """Activations that cannot be used (NaN / inf)."""
+
+
+def resid_hook_name(layer: int, hook: str = "resid_pre") -> str:
+    """TransformerLens hook name, e.g. ``blocks.3.hook_resid_pre``."""
+    if hook not in RESID_HOOKS:
+        raise ValueError(f"hook must be one of {RESID_HOOKS}, got {hook!r}")
+    return f"blocks.{layer}.hook_{hook}"
+
+
+def _check_layers(model: "LensModel", layers: Sequence[int] | None) -> list[int]:
+    layers = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
+    if not layers:
+        raise ValueError("layers is empty: pass at least one layer index.")
+    bad = [x for x in layers if not 0 <= x < model.n_layers]
+    if bad:
+        raise ValueError(f"Layers {bad} out of range: the model has layers 0..{model.n_layers - 1}.")
+    return layers
+
+
+def iter_batches(
+    model: "LensModel",
+    instructions: Sequence[str],
+    batch_size: int,
+    system: str | None = None,
+    desc: str | None = None,
+) -> Iterator["Batch"]:
+    """Format, tokenize (left padding) and yield batches, with a progress bar."""
+    if isinstance(instructions, str) or len(instructions) == 0:
+        raise ValueError("The instruction list is empty: pass at least one instruction.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    prompts = model.format(instructions, system)
+    starts = range(0, len(prompts), batch_size)
+    for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
+        yield model.tokenize(prompts[s : s + batch_size])
+
+
+@torch.no_grad()
+def resid_sums(
+    model: "LensModel",
+    instructions: Sequence[str],
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    hook: str = "resid_pre",
+    batch_size: int = 32,
+    system: str | None = None,
+    progress: bool = True,
+) -> tuple[Float[Tensor, "layer pos d_model"], int]:
+    """Float64 sums of residual activations at (layer, position), and the prompt count."""
+    layers = _check_layers(model, layers)
+    positions = list(model.post_instruction_positions if positions is None else positions)
+    if not positions or any(p >= 0 for p in positions):
+        raise ValueError(f"positions must be negative offsets from the prompt end, got {positions}.")
+    total = torch.zeros(len(layers), len(positions), model.d_model, dtype=torch.float64,
+                        device=model.device)
+    current: list["Batch"] = []
+
+    def make_hook(i: int):
+        def hook_fn(x: Tensor, hook) -> Tensor:
+            picked = current[0].gather(x, positions).to(torch.float64)
+            if not torch.isfinite(picked).all():
+                raise ActivationError(
+                    f"Non-finite activations at {hook.name}: check the model's dtype "
+                    "(use float32) and the inputs."
+                )
+            total[i] += picked.sum(0)
+            return x
+
+        return hook_fn
+
+    fwd_hooks = [(resid_hook_name(l, hook), make_hook(i)) for i, l in enumerate(layers)]
+    stop = max(layers) + 1
+    n = 0
+    desc = f"residual means ({len(instructions)} prompts)" if progress else None
+    for batch in iter_batches(model, instructions, batch_size, system, desc):
+        current[:] = [batch]
+        with model.bridge.hooks(fwd_hooks=fwd_hooks):
+            model.bridge(batch.input_ids, stop_at_layer=stop if stop < model.n_layers else None,
+                         **batch.forward_kwargs())
+        n += batch.input_ids.shape[0]
+    return total, n
+
+
+def resid_means(
+    model: "LensModel",
+    instructions: Sequence[str],
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    hook: str = "resid_pre",
+    batch_size: int = 32,
+    system: str | None = None,
+    progress: bool = True,
+) -> Float[Tensor, "layer pos d_model"]:
+    """Mean residual activation per (layer, position), streamed over batches in float64.
+
+    Memory is independent of the number of prompts: each batch is reduced to a running sum
+    as soon as its hooks fire, and the forward pass stops after the last layer needed.
+    ``positions`` are negative offsets from the prompt end (default: post-instruction tokens).
+    """
+    total, n = resid_sums(model, instructions, layers, positions, hook, batch_size, system,
+                          progress)
+    return total / n
+
+
+@torch.no_grad()
+def run_cache(
+    model: "LensModel",
+    instructions: Sequence[str],
+    names: Sequence[str],
+    system: str | None = None,
+    formatted: bool = False,
+    with_logits: bool = False,
+):
+    """Run one batch and return ``(logits or None, ActivationCache)`` of only the named hooks.
+
+    Without ``with_logits`` the forward pass stops after the last block the hooks need.
+    Pass ``formatted=True`` when ``instructions`` are already chat-formatted prompts.
+    """
+    if not names:
+        raise ValueError("names is empty: pass the hook names to cache, e.g. "
+                         "['blocks.5.hook_resid_pre'].")
+    missing = [n for n in names if n not in model.bridge.hook_dict]
+    if missing:
+        raise KeyError(f"Unknown hook names {missing}; see model.bridge.hook_dict for valid ones.")
+    batch = model.tokenize(instructions) if formatted else model.encode_instructions(
+        instructions, system)
+    stop = None
+    if not with_logits:
+        block_ids = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
+        only_blocks = len(block_ids) == len(names)
+        if only_blocks and max(block_ids) + 1 < model.n_layers:
+            stop = max(block_ids) + 1
+    logits, cache = model.bridge.run_with_cache(
+        batch.input_ids, names_filter=list(names), stop_at_layer=stop, **batch.forward_kwargs()
+    )
+    return (logits if with_logits else None), cache

@@ -1,0 +1,302 @@
+"""``load_model`` and ``LensModel``: a TransformerLens bridge plus tokenizer and chat format."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from .chat import ChatFormat
+
+EMBEDDED_SPECS = ("embedded", "embedded-base", "synthetic")
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be resolved."""
+
+
+@dataclass
+class Batch:
+    """Left-padded token ids and attention mask of a batch of formatted prompts."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+
+    @property
+    def position_ids(self) -> Int[Tensor, "batch seq"]:
+        """Positions that ignore left padding (so padded and unpadded runs agree)."""
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def ends(self) -> Int[Tensor, "batch"]:
+        """Index one past each prompt's last real token (works for either padding side)."""
+        idx = torch.arange(self.attention_mask.shape[1], device=self.attention_mask.device)
+        return (self.attention_mask * (idx + 1)).max(-1).values
+
+    def gather(self, x: Tensor, positions: Sequence[int]) -> Tensor:
+        """``x[b, ends[b] + p]`` for each negative offset ``p``: shape (batch, len(positions), ...)."""
+        pos = torch.as_tensor(list(positions), device=x.device)
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
+        return x[rows, self.ends.to(x.device)[:, None] + pos[None, :]]
+
+    def forward_kwargs(self) -> dict[str, Tensor]:
+        return {"attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+
+@dataclass
+class LensModel:
+    """A chat model wrapped for refusal-direction work.
+
+    ``bridge`` is TransformerLens's ``TransformerBridge`` in compatibility mode (hook names
+    ``blocks.{l}.hook_resid_pre/mid/post``); ``tokenizer`` pads on the left.
+    """
+
+    bridge: Any
+    tokenizer: Any
+    name: str
+    chat: ChatFormat
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- shape facts -------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bridge.cfg.n_heads)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(getattr(self.bridge.cfg, "n_ctx", 0) or 10**9)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    @property
+    def hf_model(self) -> Any:
+        """The wrapped Hugging Face model (its weights are the bridge's weights)."""
+        return self.bridge.original_model
+
+    # ---- prompts ------------------------------------------------------------------------
+    def format(self, instructions: Sequence[str], system: str | None = None) -> list[str]:
+        """Chat-formatted prompts (the default system prompt is the model's own, if any)."""
+        return self.chat.format(instructions, system)
+
+    @property
+    def post_instruction_positions(self) -> list[int]:
+        """Negative offsets (from the prompt end) of the post-instruction template tokens."""
+        return self.chat.post_instruction_positions()
+
+    def tokenize(self, prompts: Sequence[str]) -> Batch:
+        """Tokenize formatted prompts (padding side: the tokenizer's, left by default), checked."""
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError("Pass a non-empty list of prompts (wrap a single prompt as [text]).")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(
+                    f"Prompts must be str, got {type(p).__name__}: {p!r}. "
+                    "Convert them with str() or fix the data source."
+                )
+        enc = self.tokenizer(
+            list(prompts), add_special_tokens=False, padding=True, return_tensors="pt"
+        )
+        lengths = enc["attention_mask"].sum(-1)
+        if int(lengths.max()) > self.n_ctx:
+            i = int(lengths.argmax())
+            raise ValueError(
+                f"Prompt {i} has {int(lengths[i])} tokens, more than the model's context of "
+                f"{self.n_ctx}. Shorten or truncate it before passing it in."
+            )
+        return Batch(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+    def encode_instructions(
+        self, instructions: Sequence[str], system: str | None = None
+    ) -> Batch:
+        """Format then tokenize instructions."""
+        return self.tokenize(self.format(instructions, system))
+
+    # ---- running ------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, batch: Batch, fwd_hooks: Sequence = ()) -> Tensor:
+        """Logits of a batch (optionally under forward hooks)."""
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+            return self.bridge(batch.input_ids, **batch.forward_kwargs())
+
+    def resid_means(self, instructions: Sequence[str], **kwargs: Any) -> Tensor:
+        """Streaming float64 residual means; see :func:`refusal_lens.activations.resid_means`."""
+        from .activations import resid_means
+
+        return resid_means(self, instructions, **kwargs)
+
+    def cache(self, instructions: Sequence[str], names: Sequence[str], **kwargs: Any) -> Any:
+        """An ``ActivationCache`` of the named hooks; see :func:`refusal_lens.activations.run_cache`."""
+        from .activations import run_cache
+
+        return run_cache(self, instructions, names, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"LensModel({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, "
+            f"heads={self.n_heads}, device={self.device}, "
+            f"post_instruction={self.chat.post_instruction_tokens()})"
+        )
+
+    def summary(self) -> str:
+        """A short human-readable description."""
+        n_params = sum(p.numel() for p in self.hf_model.parameters())
+        return (
+            f"{self.name}: {n_params / 1e6:.1f}M parameters, {self.n_layers} layers, "
+            f"d_model {self.d_model}, {self.n_heads} heads, device {self.device}\n"
+            f"post-instruction tokens: {self.chat.post_instruction_tokens()}"
+        )
+
+
+def _quiet_transformers() -> None:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*compatibility mode.*")
+
+
+def wrap_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    name: str,
+    *,
+    source: str | os.PathLike[str] | None = None,
+    chat_template: str | None = None,
+    system: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    info: dict[str, Any] | None = None,
+) -> LensModel:
+    """Wrap an already-loaded Hugging Face causal LM and tokenizer as a ``LensModel``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _quiet_transformers()
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    _prepare_tokenizer(tokenizer)
+    chat = ChatFormat(tokenizer, system)
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(
+        str(source or name), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    return LensModel(bridge, tokenizer, name, chat, dict(info or {}))
+
+
+def _prepare_tokenizer(tokenizer: Any) -> None:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, **kw
+    )
+    return model, tok
+
+
+def load_model(
+    spec: str = "embedded",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    chat_template: str | None = None,
+    system: str | None = None,
+    device_map: str | dict | None = None,
+    n_devices: int | None = None,
+    trust_remote_code: bool = False,
+) -> LensModel:
+    """Load a model as a ``LensModel``.
+
+    ``spec``: ``"embedded"`` (the refusal organism: SmolLM2-135M-Instruct + the shipped safety
+    adapter), ``"embedded-base"`` (SmolLM2-135M-Instruct as shipped), ``"synthetic"`` (a tiny
+    random model with a planted refusal direction), a local Hugging Face directory, or a Hugging
+    Face model id (needs network). ``device_map`` / ``n_devices`` spread large models over
+    several GPUs via accelerate.
+    """
+    _quiet_transformers()
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(_spec_help(spec))
+    if spec == "synthetic":
+        from .synthetic import build_synthetic
+
+        syn = build_synthetic()
+        return wrap_hf(
+            syn.model, syn.tokenizer, "synthetic", source=syn.path, chat_template=chat_template,
+            system=system, device=device, dtype=dtype,
+            info={"spec": spec, "planted_direction": syn.direction, "synthetic": syn},
+        )
+    if spec in ("embedded", "embedded-base"):
+        from . import embedded
+
+        path, info = embedded.resolve(spec)
+        model, tok = _load_hf_dir(path, dtype, False)
+        return wrap_hf(
+            model, tok, info["name"], source=path, chat_template=chat_template, system=system,
+            device=device, dtype=dtype, info=info,
+        )
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelSpecError(f"{local} exists but holds no config.json. " + _spec_help(spec))
+        model, tok = _load_hf_dir(local, dtype, trust_remote_code)
+        return wrap_hf(
+            model, tok, local.name, source=local, chat_template=chat_template, system=system,
+            device=device, dtype=dtype, info={"spec": spec, "path": str(local)},
+        )
+    return _load_hub(spec, device, dtype, chat_template, system, device_map, n_devices,
+                     trust_remote_code)
+
+
+def _spec_help(spec: Any) -> str:
+    return (
+        f"Unknown model spec {spec!r}. Use 'embedded' (the refusal organism), 'embedded-base', "
+        "'synthetic', a local Hugging Face directory, or a Hugging Face model id such as "
+        "'Qwen/Qwen-1_8B-chat' (hub ids need network access; HF_HUB_OFFLINE must be unset)."
+    )
+
+
+def _load_hub(spec, device, dtype, chat_template, system, device_map, n_devices, trust_remote_code):
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
+
+    if spec.count("/") != 1 or any(c.isspace() for c in spec):
+        raise ModelSpecError(_spec_help(spec))
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            tok.chat_template = chat_template
+        _prepare_tokenizer(tok)
+        chat = ChatFormat(tok, system)
+        bridge = TransformerBridge.boot_transformers(
+            spec, tokenizer=tok, device=device, dtype=dtype, device_map=device_map,
+            n_devices=n_devices, trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        if "chat template" in str(err):
+            raise
+        raise ModelSpecError(f"Could not load {spec!r} ({err}). " + _spec_help(spec)) from err
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    print(f"[refusal_lens] loaded {spec} from the hub", file=sys.stderr)
+    return LensModel(bridge, tok, spec.split("/")[-1], chat, {"spec": spec})
