@@ -1,0 +1,105 @@
+"""Interventions as TransformerLens hook sets: directional ablation and activation addition.
+
+Each builder returns a list of ``(hook_name, fn)`` pairs; lists compose by concatenation and
+are used with ``model.bridge.hooks(fwd_hooks=...)``, :func:`refusal_lens.generation.generate`,
+or the context managers below. Weight orthogonalization lives in ``orthogonalize.py``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .directions import Direction, DirectionError
+
+if TYPE_CHECKING:
+    from .model import LensModel
+
+HookList = list[tuple[str, Callable]]
+VectorLike = Union[Direction, Tensor]
+
+# Where the residual stream is cleaned: the block input, and what attention and the MLP write.
+ABLATION_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+
+
+def _as_vector(direction: VectorLike, model: "LensModel") -> Tensor:
+    if isinstance(direction, Direction):
+        direction.check_width(model)
+        vec = direction.vector
+    else:
+        vec = torch.as_tensor(direction).reshape(-1)
+        if vec.shape[0] != model.d_model:
+            raise DirectionError(
+                f"Vector has width {vec.shape[0]} but the model has d_model {model.d_model}."
+            )
+    if not torch.isfinite(vec).all():
+        raise DirectionError("The direction contains NaN or inf.")
+    return vec.detach()
+
+
+def project_out(
+    x: Float[Tensor, "... d_model"], unit: Float[Tensor, "d_model"]
+) -> Float[Tensor, "... d_model"]:
+    """``x - (x . u) u``: the component of ``x`` along unit vector ``u`` removed."""
+    u = unit.to(device=x.device, dtype=x.dtype)
+    return x - (x @ u).unsqueeze(-1) * u
+
+
+def ablation_hooks(
+    model: "LensModel",
+    direction: VectorLike,
+    layers: Sequence[int] | None = None,
+    points: Sequence[str] = ABLATION_POINTS,
+) -> HookList:
+    """Directional ablation: project the unit direction out at every layer and position."""
+    vec = _as_vector(direction, model)
+    unit = (vec / vec.norm()).to(model.device)
+    if float(vec.norm()) == 0.0:
+        raise DirectionError("Cannot ablate the zero vector.")
+
+    def hook_fn(x: Tensor, hook=None) -> Tensor:
+        return project_out(x, unit)
+
+    layers = range(model.n_layers) if layers is None else layers
+    return [(f"blocks.{l}.{p}", hook_fn) for l in layers for p in points]
+
+
+def addition_hooks(
+    model: "LensModel",
+    vector: VectorLike,
+    layer: int,
+    coeff: float = 1.0,
+) -> HookList:
+    """Activation addition: ``x <- x + coeff * r`` at one layer's ``resid_pre``, all positions.
+
+    ``r`` is the raw (unnormalised) vector; ``coeff=-1`` subtracts it.
+    """
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}.")
+    vec = _as_vector(vector, model).to(model.device)
+
+    def hook_fn(x: Tensor, hook=None) -> Tensor:
+        return x + coeff * vec.to(x.dtype)
+
+    return [(f"blocks.{layer}.hook_resid_pre", hook_fn)]
+
+
+@contextmanager
+def hooked(model: "LensModel", hooks: HookList) -> Iterator["LensModel"]:
+    """Run everything inside the ``with`` block under ``hooks`` (removed on exit)."""
+    with model.bridge.hooks(fwd_hooks=list(hooks)):
+        yield model
+
+
+def ablated(model: "LensModel", direction: VectorLike) -> "contextmanager":
+    """``with ablated(model, d): ...`` — the model with ``d`` ablated everywhere."""
+    return hooked(model, ablation_hooks(model, direction))
+
+
+def added(model: "LensModel", vector: VectorLike, layer: int, coeff: float = 1.0):
+    """``with added(model, r, layer): ...`` — the model with ``coeff * r`` added at ``layer``."""
+    return hooked(model, addition_hooks(model, vector, layer, coeff))
