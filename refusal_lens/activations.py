@@ -42,13 +42,21 @@ def iter_batches(
     batch_size: int,
     system: str | None = None,
     desc: str | None = None,
+    sort_by_length: bool = False,
 ) -> Iterator["Batch"]:
-    """Format, tokenize (left padding) and yield batches, with a progress bar."""
+    """Format, tokenize and yield batches, with a progress bar.
+
+    ``sort_by_length`` groups prompts of similar length (less padding, same results for any
+    order-independent reduction such as a mean).
+    """
     if isinstance(instructions, str) or len(instructions) == 0:
         raise ValueError("The instruction list is empty: pass at least one instruction.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     prompts = model.format(instructions, system)
+    if sort_by_length:
+        lengths = [len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        prompts = [p for _, p in sorted(zip(lengths, prompts), key=lambda t: t[0])]
     starts = range(0, len(prompts), batch_size)
     for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
         yield model.tokenize(prompts[s : s + batch_size])
@@ -91,7 +99,7 @@ def resid_sums(
     stop = max(layers) + 1
     n = 0
     desc = f"residual means ({len(instructions)} prompts)" if progress else None
-    for batch in iter_batches(model, instructions, batch_size, system, desc):
+    for batch in iter_batches(model, instructions, batch_size, system, desc, sort_by_length=True):
         current[:] = [batch]
         with model.bridge.hooks(fwd_hooks=fwd_hooks):
             model.bridge(batch.input_ids, stop_at_layer=stop if stop < model.n_layers else None,
