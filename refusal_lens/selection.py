@@ -1,0 +1,367 @@
+"""Direction selection: filter prompts, fit difference-in-means candidates, score, pick one.
+
+Follows Arditi et al. (2024): keep harmful training prompts the model refuses (refusal metric
+> 0) and harmless ones it does not (< 0); fit ``r = mean(harmful) - mean(harmless)`` of
+``resid_pre`` at every (layer, post-instruction position); score each candidate on validation
+prompts and keep the lowest ``bypass`` among those that pass the filters.
+
+Scores (all at the last prompt position):
+
+* ``bypass``: mean refusal metric on harmful val prompts with the unit direction ablated
+  everywhere (lower is better);
+* ``induce``: mean refusal metric on harmless val prompts with the raw vector added at its layer;
+* ``kl``: mean ``KL(unablated || ablated)`` on harmless val prompts.
+
+Filters: finite scores, ``layer < max_layer_frac * n_layers``, ``kl <= kl_threshold``,
+``induce > 0``. Speed: layers at or above the layer cut are never scored (the filter would
+discard them anyway); all remaining candidates are *screened* by ``bypass`` on the first
+``n_screen`` harmful val prompts, and only the ``top_k`` best are fully scored.
+
+Fallback (never a crash): if no fully scored candidate passes, the KL filter is relaxed to
+``kl <= max(kl_threshold, random_kl_factor * kl_random)``, where ``kl_random`` is the KL of
+ablating norm-matched random directions (a direction-agnostic cost: on models whose first token
+has a huge residual norm any ablation costs a lot of KL). If still none pass, the KL filter is
+dropped; then the induce filter too. The rule used is recorded in ``SelectionResult.rule`` and
+``fallback`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .activations import ActivationError
+from .directions import Direction, random_like
+from .interventions import ablation_hooks, addition_hooks
+from .scoring import last_logits, last_position_kl, refusal_metric
+
+if TYPE_CHECKING:
+    from .model import Batch, LensModel
+
+__all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
+           "filter_and_fit", "select_direction", "write_scores", "jsonable", "dumps",
+           "STRICT_RULE"]
+
+STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
+
+
+class SelectionError(ValueError):
+    """Selection cannot proceed (no data, or no finite candidate at all)."""
+
+
+@dataclass
+class SelectionConfig:
+    """Knobs of the selection; defaults follow the paper, plus the screening stage."""
+
+    max_layer_frac: float = 0.8
+    kl_threshold: float = 0.1
+    random_kl_factor: float = 2.0
+    n_random: int = 2
+    n_screen: int = 8
+    top_k: int = 8
+    min_kept: int = 4
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class CandidateScore:
+    layer: int
+    position: int
+    norm: float
+    screen_bypass: float = math.nan
+    bypass: float = math.nan
+    induce: float = math.nan
+    kl: float = math.nan
+    scored: bool = False
+    #: Why the candidate fails the strict rule (a fallback choice can still have reasons here).
+    discarded: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SelectionResult:
+    """The chosen direction, every candidate's scores, and how the choice was made."""
+
+    direction: Direction
+    scores: list[CandidateScore]
+    rule: str
+    fallback: bool
+    notes: list[str]
+    refusal_token_ids: list[int]
+    kl_random: float
+    kl_threshold_used: float
+    filtering: dict[str, Any]
+    baseline: dict[str, float]
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> CandidateScore:
+        return next(s for s in self.scores
+                    if s.layer == self.direction.layer and s.position == self.direction.position)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.scores]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layer": self.direction.layer, "position": self.direction.position,
+                "rule": self.rule, "fallback": self.fallback, "notes": self.notes,
+                "refusal_token_ids": self.refusal_token_ids, "kl_random": self.kl_random,
+                "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
+                "baseline": self.baseline, "timing": self.timing,
+                "chosen": asdict(self.chosen), "candidates": self.table()}
+
+    def to_csv(self) -> str:
+        cols = ["layer", "position", "norm", "screen_bypass", "bypass", "induce", "kl", "scored",
+                "discarded"]
+        lines = [",".join(cols)]
+        for s in self.scores:
+            d = asdict(s)
+            d["discarded"] = ";".join(s.discarded)
+            lines.append(",".join(_fmt(d[c]) for c in cols))
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.6g}" if isinstance(x, float) else str(x)
+
+
+def _batches(model: "LensModel", instructions: Sequence[str], size: int) -> list["Batch"]:
+    return [model.encode_instructions(instructions[i:i + size])
+            for i in range(0, len(instructions), size)]
+
+
+def _metric(model, batches, ids, hooks=()) -> Float[Tensor, "n"]:
+    return torch.cat([refusal_metric(last_logits(model, b, hooks), ids) for b in batches])
+
+
+@torch.no_grad()
+def _acts_and_metric(
+    model: "LensModel", instructions: Sequence[str], layers: Sequence[int],
+    positions: Sequence[int], ids: Sequence[int], batch_size: int, desc: str, progress: bool,
+) -> tuple[Float[Tensor, "n layer pos d_model"], Float[Tensor, "n"]]:
+    """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
+    acts, metrics, current = [], [], {}
+
+    def make_hook(i: int):
+        def hook_fn(x: Tensor, hook=None) -> Tensor:
+            current[i] = current["batch"].gather(x, positions).float().cpu()
+            return x
+        return hook_fn
+
+    hooks = [(f"blocks.{l}.hook_resid_pre", make_hook(i)) for i, l in enumerate(layers)]
+    for batch in tqdm(_batches(model, instructions, batch_size), desc=desc, disable=not progress,
+                      leave=False):
+        current["batch"] = batch
+        metrics.append(refusal_metric(last_logits(model, batch, hooks), ids))
+        acts.append(torch.stack([current[i] for i in range(len(layers))], 1))
+    out = torch.cat(acts)
+    if not torch.isfinite(out).all():
+        raise ActivationError("NaN or inf in residual activations; use float32 and check inputs.")
+    return out, torch.cat(metrics)
+
+
+def filter_and_fit(
+    model: "LensModel", harmful: Sequence[str], harmless: Sequence[str],
+    refusal_ids: Sequence[int], layers: Sequence[int], positions: Sequence[int],
+    batch_size: int = 32, min_kept: int = 4, progress: bool = True,
+) -> tuple[Float[Tensor, "layer pos d_model"], dict[str, Any]]:
+    """Filter training prompts by the refusal metric and return the float64 mean differences.
+
+    If fewer than ``min_kept`` prompts of a side pass the filter, that side is used unfiltered
+    (documented fallback, recorded in the returned info as ``"<side>_unfiltered": True``).
+    """
+    for name, data in (("harmful", harmful), ("harmless", harmless)):
+        if len(data) == 0:
+            raise SelectionError(f"No {name} training prompts: pass a non-empty list.")
+    a_h, m_h = _acts_and_metric(model, harmful, layers, positions, refusal_ids, batch_size,
+                                f"fit: harmful ({len(harmful)})", progress)
+    a_s, m_s = _acts_and_metric(model, harmless, layers, positions, refusal_ids, batch_size,
+                                f"fit: harmless ({len(harmless)})", progress)
+    keep_h, keep_s = m_h > 0, m_s < 0
+    info: dict[str, Any] = {"harmful_total": len(harmful), "harmless_total": len(harmless),
+                            "harmful_kept": int(keep_h.sum()), "harmless_kept": int(keep_s.sum()),
+                            "harmful_unfiltered": False, "harmless_unfiltered": False,
+                            "harmful_train_metric": float(m_h.mean()),
+                            "harmless_train_metric": float(m_s.mean())}
+    if int(keep_h.sum()) < min_kept:
+        keep_h[:] = True
+        info["harmful_unfiltered"] = True
+    if int(keep_s.sum()) < min_kept:
+        keep_s[:] = True
+        info["harmless_unfiltered"] = True
+    diff = a_h[keep_h].double().mean(0) - a_s[keep_s].double().mean(0)
+    return diff, info
+
+
+def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: Tensor):
+    """Closures scoring one vector: bypass / induce / KL on pre-tokenized val batches."""
+
+    def bypass(vec: Tensor, batches=hh) -> float:
+        return float(_metric(model, batches, ids, ablation_hooks(model, vec)).mean())
+
+    def induce(vec: Tensor, layer: int) -> float:
+        return float(_metric(model, hs, ids, addition_hooks(model, vec, layer)).mean())
+
+    def kl(vec: Tensor) -> float:
+        hooks = ablation_hooks(model, vec)
+        abl = torch.cat([last_logits(model, b, hooks) for b in hs])
+        return float(last_position_kl(base_s, abl).mean())
+
+    return bypass, induce, kl
+
+
+def select_direction(
+    model: "LensModel",
+    harmful_train: Sequence[str], harmless_train: Sequence[str],
+    harmful_val: Sequence[str], harmless_val: Sequence[str],
+    refusal_ids: Sequence[int],
+    config: SelectionConfig | None = None,
+    positions: Sequence[int] | None = None,
+    dataset_hash: str = "",
+    progress: bool = True,
+) -> SelectionResult:
+    """Fit all candidates, screen and score them, and pick the refusal direction."""
+    import time
+
+    cfg = config or SelectionConfig()
+    t0 = time.perf_counter()
+    if not harmful_val or not harmless_val:
+        raise SelectionError("Validation prompts are empty: pass harmful_val and harmless_val.")
+    positions = list(model.post_instruction_positions if positions is None else positions)
+    cut = math.ceil(cfg.max_layer_frac * model.n_layers)  # layers >= 0.8 L are discarded
+    layers = list(range(max(1, cut)))
+    diffs, filtering = filter_and_fit(model, harmful_train, harmless_train, refusal_ids, layers,
+                                      positions, cfg.batch_size, cfg.min_kept, progress)
+    notes = [f"{side} training prompts used unfiltered: only {filtering[side + '_kept']} passed "
+             f"the refusal-metric filter (minimum {cfg.min_kept})"
+             for side in ("harmful", "harmless") if filtering[side + "_unfiltered"]]
+    t_fit = time.perf_counter()
+
+    hh = _batches(model, harmful_val, cfg.batch_size)
+    hs = _batches(model, harmless_val, cfg.batch_size)
+    screen = _batches(model, harmful_val[:cfg.n_screen], cfg.batch_size)
+    base_s = torch.cat([last_logits(model, b) for b in hs])
+    baseline = {"harmful_val_metric": float(_metric(model, hh, refusal_ids).mean()),
+                "harmless_val_metric": float(torch.cat([refusal_metric(x[None], refusal_ids)
+                                                        for x in base_s]).mean())}
+    bypass, induce, kl = _scorer(model, hh, hs, refusal_ids, base_s)
+
+    scores: list[CandidateScore] = []
+    for li, layer in enumerate(layers):
+        for pi, pos in enumerate(positions):
+            scores.append(CandidateScore(layer, pos, float(diffs[li, pi].norm())))
+    scale = max(s.norm for s in scores)
+    live = []
+    for s in scores:
+        if not math.isfinite(s.norm) or s.norm <= 1e-6 * max(scale, 1e-30):
+            s.discarded.append("zero or non-finite vector")
+        else:
+            live.append(s)
+    if not live:
+        raise SelectionError("Every candidate vector is zero or non-finite: harmful and harmless "
+                             "activations do not differ at the post-instruction positions.")
+    vec_of = {(s.layer, s.position): diffs[layers.index(s.layer), positions.index(s.position)]
+              for s in live}
+    for s in tqdm(live, desc=f"screening {len(live)} candidates", disable=not progress):
+        s.screen_bypass = bypass(vec_of[(s.layer, s.position)], screen)
+    ranked = sorted((s for s in live if math.isfinite(s.screen_bypass)),
+                    key=lambda s: s.screen_bypass)
+    top = ranked[:cfg.top_k]
+    for s in live:
+        if s not in top:
+            s.discarded.append(f"screened out (not in the top {cfg.top_k} by screen bypass)")
+    t_screen = time.perf_counter()
+    for s in tqdm(top, desc=f"scoring top {len(top)}", disable=not progress):
+        vec = vec_of[(s.layer, s.position)]
+        s.bypass, s.induce, s.kl, s.scored = bypass(vec), induce(vec, s.layer), kl(vec), True
+
+    # Direction-agnostic KL cost: ablate norm-matched random directions.
+    rand = [random_like(vec_of[(top[0].layer, top[0].position)], cfg.seed + 7919 * (i + 1))
+            for i in range(cfg.n_random)] if top else []
+    kl_random = float(sum(kl(r) for r in rand) / len(rand)) if rand else math.nan
+    t_score = time.perf_counter()
+
+    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes)
+    if chosen is None:
+        raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
+    direction = Direction(
+        vec_of[(chosen.layer, chosen.position)].clone(), chosen.layer, chosen.position,
+        model=model.name, dataset_hash=dataset_hash, seed=cfg.seed,
+        meta={"bypass": chosen.bypass, "induce": chosen.induce, "kl": chosen.kl,
+              "rule": rule, "fallback": fallback, "kl_random": kl_random},
+    )
+    timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}
+    return SelectionResult(direction, scores, rule, fallback, notes, list(refusal_ids), kl_random,
+                           threshold, filtering, baseline, timing)
+
+
+def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,
+            notes: list[str]) -> tuple[CandidateScore | None, str, bool, float]:
+    """Apply the strict filters, then the documented relaxations, recording discard reasons."""
+    finite = [s for s in top if all(math.isfinite(v) for v in (s.bypass, s.induce, s.kl))]
+    for s in top:
+        if s not in finite:
+            s.discarded.append("NaN score")
+        if s.layer >= cut:
+            s.discarded.append(f"layer >= {cut}")
+        if s in finite and s.kl > cfg.kl_threshold:
+            s.discarded.append(f"kl {s.kl:.3g} > {cfg.kl_threshold:g}")
+        if s in finite and s.induce <= 0:
+            s.discarded.append(f"induce {s.induce:.3g} <= 0")
+    finite = [s for s in finite if s.layer < cut]
+    relaxed = max(cfg.kl_threshold, cfg.random_kl_factor * kl_random) \
+        if math.isfinite(kl_random) else cfg.kl_threshold
+    tiers = [
+        (STRICT_RULE.format(cut=cut, kl=cfg.kl_threshold), cfg.kl_threshold,
+         lambda s: s.kl <= cfg.kl_threshold and s.induce > 0),
+        (f"relaxed KL: kl <= max({cfg.kl_threshold:g}, {cfg.random_kl_factor:g} x random-direction "
+         f"KL {kl_random:.3g}) = {relaxed:.3g}, induce > 0; lowest bypass", relaxed,
+         lambda s: s.kl <= relaxed and s.induce > 0),
+        ("no KL filter: induce > 0; lowest bypass", math.inf, lambda s: s.induce > 0),
+        ("bypass only: lowest bypass among finite candidates", math.inf, lambda s: True),
+    ]
+    for i, (rule, threshold, ok) in enumerate(tiers):
+        passing = [s for s in finite if ok(s)]
+        if passing:
+            best = min(passing, key=lambda s: s.bypass)
+            if i > 0:
+                notes.append(f"all {len(top)} scored candidates failed the strict filters "
+                             f"(KL <= {cfg.kl_threshold:g}, induce > 0); chose by fallback rule "
+                             f"'{rule}'")
+            return best, rule, i > 0, threshold
+    return None, "none", True, math.nan
+
+
+def write_scores(result: SelectionResult, json_path, csv_path) -> None:
+    """Write the full candidate table as JSON and CSV (atomically)."""
+    from .paths import atomic_write_text
+
+    atomic_write_text(json_path, dumps(result.to_json()))
+    atomic_write_text(csv_path, result.to_csv())
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with non-finite floats as ``None`` and tensors as lists (strict JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, Tensor):
+        return jsonable(x.tolist())
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    return str(x)
+
+
+def dumps(x: Any) -> str:
+    """Strict JSON text (NaN/inf become null)."""
+    return json.dumps(jsonable(x), indent=2, allow_nan=False) + "\n"

@@ -1,0 +1,52 @@
+"""Bootstrap CIs, the fixed decision rule and target bars."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from refusal_lens.evaluation import DECISION_RULE, bootstrap_ci, check_targets, decide, rate_summary
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic():
+    flags = [True] * 30 + [False] * 70
+    lo, hi = bootstrap_ci(flags, seed=3)
+    assert lo <= 0.3 <= hi and 0.15 < lo < 0.3 < hi < 0.45
+    assert bootstrap_ci(flags, seed=3) == (lo, hi)
+    s = rate_summary(flags)
+    assert s["rate"] == pytest.approx(0.3) and s["n"] == 100
+    assert bootstrap_ci([True] * 10) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+BASE = dict(baseline_harmful=0.9, ablation=0.05, random_ablation=0.85,
+            baseline_harmless=0.02, addition=0.9, random_addition=0.05)
+
+
+@pytest.mark.parametrize("change, verdict", [
+    ({}, "SUPPORTED"),
+    ({"baseline_harmful": 0.49}, "NO-BASELINE-REFUSAL"),
+    ({"baseline_harmful": 0.49, "ablation": 0.9}, "NO-BASELINE-REFUSAL"),
+    ({"ablation": 0.41}, "NOT SUPPORTED"),            # drop vs baseline 0.49 < 0.5
+    ({"ablation": 0.40}, "SUPPORTED"),                # exactly 0.5 passes
+    ({"random_ablation": 0.25}, "NOT SUPPORTED"),     # random also removes refusal
+    ({"addition": 0.5}, "NOT SUPPORTED"),             # rise vs baseline 0.48 < 0.5
+    ({"random_addition": 0.7}, "NOT SUPPORTED"),      # random also induces refusal
+])
+def test_decision_rule(change, verdict):
+    assert decide(BASE | change)["verdict"] == verdict
+
+
+def test_decision_rule_is_fixed():
+    assert DECISION_RULE == {"min_drop_vs_baseline": 0.5, "min_drop_vs_random": 0.25,
+                             "min_baseline_refusal": 0.5}
+
+
+def test_targets():
+    rates = {k: {"rate": v} for k, v in BASE.items()}
+    cap = {"baseline": {"ce": 2.0}, "orthogonalized": {"ce": 2.2}}
+    t = check_targets(rates, cap)
+    assert t["ablation"]["met"] and t["random_ablation"]["met"] and t["addition"]["met"]
+    assert not t["orthogonalized_ce"]["met"]
+    assert t["orthogonalized_ce"]["value"] == pytest.approx(0.1)

@@ -1,0 +1,78 @@
+"""The whole pipeline end to end on the synthetic model, its CLI, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refusal_lens.directions import Direction, DirectionError
+from refusal_lens.pipeline import FAST, run_cli, run_pipeline
+
+FILES = ["report.json", "report.md", "direction.safetensors", "direction.json", "scores.json",
+         "scores.csv", "completions.jsonl", "candidate_scores.html", "refusal_rates.html"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "synthetic"
+    assert run_cli(["--model", "synthetic", "--out", str(out), "--fast", "--seeds", "0", "1",
+                    "--max-new-tokens", "6"]) == 0
+    return out
+
+
+def test_writes_every_file(run_dir):
+    for name in FILES:
+        assert (run_dir / name).is_file(), name
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == "SUPPORTED"
+    assert report["config"]["seeds"] == [0, 1]
+    assert set(report["directions"]) == {"0", "1"}
+    r = report["rates"]
+    assert r["baseline_harmful"]["rate"] >= 0.9 and r["ablation"]["rate"] <= 0.1
+    assert r["random_ablation"]["rate"] >= 0.9 and r["addition"]["rate"] >= 0.9
+    for v in r.values():
+        assert v["ci_low"] <= v["rate"] <= v["ci_high"]
+    assert "SUPPORTED" in (run_dir / "report.md").read_text()
+    d = Direction.load(run_dir / "direction")
+    meta = json.loads((run_dir / "direction.json").read_text())
+    assert d.layer == meta["layer"] and meta["dataset_hash"] and "selection" in meta["meta"]
+    lines = (run_dir / "completions.jsonl").read_text().splitlines()
+    arms = {json.loads(x)["arm"] for x in lines}
+    assert {"baseline", "ablation", "random_ablation", "addition", "random_addition",
+            "orthogonalized", "random_orthogonalized"} <= arms
+    scores = json.loads((run_dir / "scores.json").read_text())
+    assert set(scores["seeds"]) == {"0", "1"}
+
+
+def test_refuses_existing_directory(run_dir, synthetic):
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_pipeline(synthetic, run_dir)
+    with pytest.raises(FileExistsError):
+        run_cli(["--model", "synthetic", "--out", str(run_dir)])
+
+
+def test_wrong_width_direction_errors(synthetic, tmp_path):
+    bad = Direction(torch.ones(synthetic.d_model + 3), layer=1, position=-1, model="other")
+    with pytest.raises(DirectionError, match="width"):
+        run_pipeline(synthetic, tmp_path / "out", direction=bad)
+
+
+def test_given_direction_skips_selection(synthetic, tmp_path):
+    syn = synthetic.info["synthetic"]
+    d = Direction(syn.direction.double() * 6, layer=2, position=-1, model="synthetic")
+    report = run_pipeline(synthetic, tmp_path / "given", direction=d, seeds=(0,), n_train=8,
+                          n_val=4, n_test=8, max_new_tokens=6, orthogonalized=False,
+                          progress=False)
+    assert report["verdict"] == "SUPPORTED" and report["selection"] == {}
+    assert not (tmp_path / "given" / "scores.json").exists()
+
+
+@pytest.mark.embedded
+def test_embedded_fast(tmp_path):
+    report = run_pipeline("embedded", tmp_path / "embedded", **FAST, progress=False)
+    assert report["verdict"] in ("SUPPORTED", "NOT SUPPORTED", "NO-BASELINE-REFUSAL")
+    assert (tmp_path / "embedded" / "report.md").is_file()
+    d = report["directions"]["0"]
+    assert 0 <= d["layer"] < 24
