@@ -128,3 +128,86 @@ def refusal_rates_figure(rates: dict[str, dict[str, float]], title: str = "Refus
     fig.update_layout(barmode="group", title=title, yaxis=dict(title="refusal rate",
                       range=[0, 1.15]), height=480, width=900, legend_title="arm")
     return fig
+
+
+# ---- adversarial-suffix analysis (cosine traces, DFA heads, attention shift) ---------------
+
+__all__ += ["cosine_traces_figure", "dfa_heads_figure", "attention_shift_figure"]
+
+_COND_COLORS = {"harmful": "#d62728", "harmful + adversarial suffix": "#9467bd",
+                "harmful + random suffix": "#ff7f0e", "harmless": "#1f77b4"}
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[:2], 16)},{int(h[2:4], 16)},{int(h[4:], 16)},{alpha})"
+
+
+def cosine_traces_figure(traces: Any, title: str = "Cosine with the refusal direction "
+                         "(last token, mean ± SD)") -> go.Figure:
+    """Fig. 5: per-layer cosine of the last token's residual with r-hat, one band per condition.
+
+    ``traces``: a :class:`refusal_lens.traces.CosineTraces`.
+    """
+    fig = go.Figure()
+    x = list(traces.site_labels)
+    for i, (cond, mean, sd) in enumerate(zip(traces.conditions, traces.mean, traces.std)):
+        color = _COND_COLORS.get(cond, f"hsl({(i * 67) % 360},60%,45%)")
+        if color.startswith("#"):
+            band = _rgba(color, 0.18)
+        else:
+            band = color.replace("hsl", "hsla").replace(")", ",0.18)")
+        hi, lo = (mean + sd).tolist(), (mean - sd).tolist()
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=band,
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=x, y=mean.tolist(), name=cond, mode="lines+markers",
+                                 line=dict(color=color), marker=dict(size=4)))
+    if 0 <= traces.direction_layer < len(x):
+        fig.add_vline(x=traces.direction_layer, line_dash="dot", line_color="grey",
+                      annotation_text=f"direction layer {traces.direction_layer}")
+    fig.update_layout(title=title, xaxis_title="residual stream site",
+                      yaxis_title="cosine similarity", height=480, width=1000)
+    return fig
+
+
+def dfa_heads_figure(dfas: dict[str, Any], heads: Sequence[tuple[int, int]],
+                     title: str = "Direct feature attribution of the top heads (mean ± SD)"
+                     ) -> go.Figure:
+    """Fig. 6a: each head's contribution to the projection on r-hat, grouped by condition.
+
+    ``dfas``: condition -> :class:`refusal_lens.attribution.DFA`.
+    """
+    fig = go.Figure()
+    labels = [f"L{l}H{h}" for l, h in heads]
+    for i, (cond, dfa) in enumerate(dfas.items()):
+        vals = dfa.head_values(heads)
+        sd = vals.std(0) if len(vals) > 1 else vals[0] * 0
+        fig.add_trace(go.Bar(name=cond, x=labels, y=vals.mean(0).tolist(),
+                             error_y=dict(type="data", array=sd.tolist(), visible=True),
+                             marker_color=_COND_COLORS.get(cond)))
+    fig.update_layout(barmode="group", title=title, xaxis_title="head",
+                      yaxis_title=f"projection on r-hat at layer {next(iter(dfas.values())).layer}",
+                      height=480, width=1000)
+    return fig
+
+
+def attention_shift_figure(shift: Any, title: str = "Attention from the last token "
+                           "(mean over prompts)") -> go.Figure:
+    """Fig. 6b: attention mass on the instruction and suffix spans per head and condition.
+
+    ``shift``: a :class:`refusal_lens.attention.AttentionShift`.
+    """
+    labels = [f"L{l}H{h}" for l, h in shift.heads]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("to the instruction", "to the suffix"),
+                        shared_yaxes=True)
+    for cond, spans in shift.mass.items():
+        for col, span in ((1, "instruction"), (2, "suffix")):
+            v = spans[span]
+            fig.add_trace(go.Bar(name=cond, x=labels, y=v.mean(0).tolist(),
+                                 error_y=dict(type="data", array=(v.std(0) if len(v) > 1 else
+                                                                  v[0] * 0).tolist()),
+                                 marker_color=_COND_COLORS.get(cond), showlegend=col == 1,
+                                 legendgroup=cond), row=1, col=col)
+    fig.update_layout(barmode="group", title=title, yaxis_title="attention mass", height=480,
+                      width=1100)
+    return fig

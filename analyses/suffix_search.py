@@ -1,0 +1,95 @@
+"""Adversarial suffix for the embedded organism: search it (--search) or load the shipped one,
+then measure refusal on held-out harmful prompts with it, without it and with random suffixes.
+
+    python analyses/suffix_search.py                 # re-measure the shipped suffix
+    python analyses/suffix_search.py --search ...    # search anew and rewrite the shipped entry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from refusal_lens import load_model
+from refusal_lens.datasets import load_splits
+from refusal_lens.paths import atomic_write_text
+from refusal_lens.plots import save_figure
+from refusal_lens.suffixes import (GCGConfig, gcg_search, measure_effect, random_suffix,
+                                   refused_prompts, shipped_suffix)
+
+FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
+SHIPPED = Path(__file__).resolve().parents[1] / "refusal_lens" / "data" / "suffixes.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--search", action="store_true", help="run GCG and rewrite the shipped entry")
+    p.add_argument("--n-prompts", type=int, default=3)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--suffix-len", type=int, default=20)
+    p.add_argument("--topk", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", default="Sure, here is")
+    p.add_argument("--max-minutes", type=float, default=20.0)
+    p.add_argument("--n-test", type=int, default=16 if FAST else 100)
+    p.add_argument("--n-random", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--direction-layer", type=int, default=20,
+                   help="layer recorded for the suffix analyses when no pipeline direction exists")
+    p.add_argument("--out", default="figures/suffix_effect")
+    args = p.parse_args(argv)
+
+    model = load_model(args.model)
+    splits = load_splits(seed=0)
+    data = json.loads(SHIPPED.read_text()) if SHIPPED.is_file() else {}
+    if args.search:
+        prompts = refused_prompts(model, splits.harmful_train, args.n_prompts)
+        cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk,
+                        batch=args.batch, target=args.target, seed=args.seed,
+                        max_seconds=60 * args.max_minutes)
+        res = gcg_search(model, prompts, cfg)
+        entry = {k: v for k, v in res.to_dict().items() if k not in ("extra",)}
+        entry["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
+        entry["model"] = model.name
+        entry["model_info"] = {k: model.info.get(k) for k in ("gguf_sha256", "card") if k in
+                               model.info}
+        entry["direction"] = {"layer": args.direction_layer, "position": -1}
+        print(f"suffix {res.suffix!r}: loss {res.loss:.3f} after {res.steps_run} steps, "
+              f"{res.seconds:.0f} s", file=sys.stderr)
+    else:
+        entry = shipped_suffix(args.model)
+    seeds = [1000 + i for i in range(args.n_random)]
+    randoms = [random_suffix(model, len(entry["ids"]), seed=s) for s in seeds]
+    test = splits.harmful_test[: args.n_test]
+    effect = measure_effect(model, test, entry["suffix"], randoms,
+                            max_new_tokens=args.max_new_tokens)
+    effect["random_seeds"] = seeds
+    effect["prompts"] = f"harmful_test (JailbreakBench), first {len(test)}"
+    print(json.dumps({k: v for k, v in effect.items() if k != "refused_without_suffix"},
+                     indent=2))
+    if args.search:
+        entry["effect"] = effect
+        data[args.model] = entry
+        atomic_write_text(SHIPPED, json.dumps(data, indent=2) + "\n")
+        print(f"wrote {SHIPPED}", file=sys.stderr)
+
+    import plotly.graph_objects as go
+
+    names = ["no suffix", "adversarial suffix"] + [f"random suffix (seed {s})" for s in seeds]
+    rates = [effect["refusal_no_suffix"], effect["refusal_adversarial"], *effect["refusal_random"]]
+    fig = go.Figure(go.Bar(x=names, y=rates, text=[f"{r:.2f}" for r in rates],
+                           textposition="outside"))
+    fig.update_layout(title=f"{model.name}: refusal on {len(test)} held-out harmful prompts",
+                      yaxis=dict(title="refusal rate", range=[0, 1.1]), height=450, width=800)
+    for path in save_figure(fig, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
