@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="figures/attention_shift")
     args = p.parse_args(argv)
     model = load_model(args.model)
-    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer)
+    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
+                            model_key=args.model)
     heads = direct_feature_attribution(model, setup.harmful, setup.direction).top_heads(args.k)
     shift = attention_shift(model, setup.harmful, heads, setup.adversarial, setup.random_suffixes)
     means = shift.mean_over_heads()

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="figures/cosine_traces")
     args = p.parse_args(argv)
     model = load_model(args.model)
-    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer)
+    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
+                            model_key=args.model)
     print(f"direction: layer {setup.direction.layer} ({setup.direction_source})", file=sys.stderr)
     traces = cosine_traces(model, setup.direction, setup.conditions())
     at = traces.at_layer()

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="figures/dfa_heads")
     args = p.parse_args(argv)
     model = load_model(args.model)
-    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer)
+    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
+                            model_key=args.model)
     dfas = dfa_by_condition(model, setup.direction, setup.conditions(with_harmless=False))
     errors = {c: d.error() for c, d in dfas.items()}
     heads = dfas["harmful"].top_heads(args.k)  # ranked on harmful prompts without a suffix
