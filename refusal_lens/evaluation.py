@@ -115,8 +115,12 @@ def decide(rates: dict[str, float], rule: dict[str, float] = DECISION_RULE) -> d
 def _arm(model: "LensModel", name: str, split: str, instructions: Sequence[str], hooks,
          judge: Judge, max_new_tokens: int, batch_size: int, progress: bool) -> Arm:
     t = time.perf_counter()
-    texts = generate(model, list(instructions), fwd_hooks=hooks, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, progress=progress)
+    order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))  # less padding
+    gen = generate(model, [instructions[i] for i in order], fwd_hooks=hooks,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    texts = [""] * len(gen)
+    for i, text in zip(order, gen):
+        texts[i] = text
     flags = [bool(f) for f in judge(list(instructions), texts)]
     if len(flags) != len(texts):
         raise ValueError(f"The judge returned {len(flags)} flags for {len(texts)} completions.")
@@ -185,7 +189,8 @@ def evaluate_direction(
                               ("random_orthogonalized", rand)):
                 om = orthogonalize(model, vec)
                 arms.append(_arm(om, name, "harmful", harmful, [], **kw))
-                capab(name, om, [])
+                if name == "orthogonalized":  # the random twin's CE equals random_ablation's
+                    capab(name, om, [])
                 del om
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
             "random_norm": float(rand.norm()), "direction_norm": direction.norm}

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -158,7 +158,7 @@ def run_pipeline(
         given.check_width(lm)
     data = data or default_data(lm, n_train, n_val, n_test)
     judge = judge or SubstringJudge()
-    cfg = selection or SelectionConfig(batch_size=batch_size)
+    cfg = replace(selection or SelectionConfig(batch_size=batch_size))
     cfg.n_screen = n_screen or cfg.n_screen
     cfg.top_k = top_k or cfg.top_k
     out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +321,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                  f"{v['filtering']['harmful_total']}, harmless kept "
                  f"{v['filtering']['harmless_kept']}/{v['filtering']['harmless_total']})"
                  for s, v in r["selection"].items()]
-    missed = [f"target '{k}' missed: {_f(v['value'])} (bar {v['bar']})"
+    missed = [f"target '{k}' missed: {_f(v['value'])} (bar {v['bar']}){_why(k, r)}"
               for k, v in r["targets"].items() if not v["met"]]
     failed = [f"seed {s['seed']}: decision check '{c}' failed" for s in r["seeds"]
               for c, ok in s["decision"]["checks"].items() if not ok]
@@ -329,6 +329,35 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Refusal tokens: {r['refusal_tokens']['tokens']} "
               f"({r['refusal_tokens']['source']}).", ""]
     return "\n".join(lines)
+
+
+def _why(target: str, r: dict[str, Any]) -> str:
+    """A data-based reason for a missed target bar (empty when none is evident)."""
+    rates, cap = r["rates"], r["capability"]
+    rate = lambda k: rates[k]["rate"] if k in rates else math.nan  # noqa: E731
+    base_h, base_s = rate("baseline_harmful"), rate("baseline_harmless")
+    if target == "random_ablation" and base_h < 0.8:
+        return (f": the unintervened model refuses only {base_h:.2f} of the held-out harmful "
+                "prompts, so no control arm can reach the bar")
+    if target == "random_ablation":
+        return (f": a random direction alone lowers refusal from {base_h:.2f}, so part of the "
+                "effect is a generic ablation cost")
+    if target == "ablation":
+        return (f": the direction removes refusal on {base_h - rate('ablation'):.2f} of the "
+                "prompts (absolute); the rest refuse through something it does not capture")
+    if target == "random_addition" and rate("random_addition") > base_s:
+        return (f": adding a norm-matched random vector itself raises refusal from {base_s:.2f},"
+                " so the vector's norm, not only its direction, matters")
+    if target == "addition":
+        return f": addition raises harmless refusal from {base_s:.2f} only"
+    if target == "orthogonalized_ce" and "random_ablation" in cap:
+        b = cap["baseline"]["ce"]
+        rnd = cap["random_ablation"]["ce"] / b - 1 if b else math.nan
+        return (f": ablating a random direction changes CE by {rnd:+.1%}, so "
+                f"{'most' if rnd > 0.5 * (cap['orthogonalized']['ce'] / b - 1) else 'some'} of "
+                "the cost is direction-agnostic (projecting any direction out of large "
+                "residuals such as the first token's)" if b else "")
+    return ""
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

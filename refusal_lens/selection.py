@@ -14,8 +14,10 @@ Scores (all at the last prompt position):
 
 Filters: finite scores, ``layer < max_layer_frac * n_layers``, ``kl <= kl_threshold``,
 ``induce > 0``. Speed: layers at or above the layer cut are never scored (the filter would
-discard them anyway); all remaining candidates are *screened* by ``bypass`` on the first
-``n_screen`` harmful val prompts, and only the ``top_k`` best are fully scored.
+discard them anyway); zero vectors (e.g. layer 0, where every prompt's template tokens have the
+same embedding) are skipped; all remaining candidates are *screened* by ``bypass`` on the
+``n_screen`` harmful val prompts with the highest unablated refusal metric, and only the
+``top_k`` best are fully scored on all val prompts. Every candidate stays in the score table.
 
 Fallback (never a crash): if no fully scored candidate passes, the KL filter is relaxed to
 ``kl <= max(kl_threshold, random_kl_factor * kl_random)``, where ``kl_random`` is the KL of
@@ -64,7 +66,7 @@ class SelectionConfig:
     kl_threshold: float = 0.1
     random_kl_factor: float = 2.0
     n_random: int = 2
-    n_screen: int = 8
+    n_screen: int = 6
     top_k: int = 8
     min_kept: int = 4
     batch_size: int = 32
@@ -147,6 +149,7 @@ def _acts_and_metric(
     positions: Sequence[int], ids: Sequence[int], batch_size: int, desc: str, progress: bool,
 ) -> tuple[Float[Tensor, "n layer pos d_model"], Float[Tensor, "n"]]:
     """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
+    instructions = sorted(instructions, key=len)  # similar lengths batch with less padding
     acts, metrics, current = [], [], {}
 
     def make_hook(i: int):
@@ -246,9 +249,12 @@ def select_direction(
 
     hh = _batches(model, harmful_val, cfg.batch_size)
     hs = _batches(model, harmless_val, cfg.batch_size)
-    screen = _batches(model, harmful_val[:cfg.n_screen], cfg.batch_size)
     base_s = torch.cat([last_logits(model, b) for b in hs])
-    baseline = {"harmful_val_metric": float(_metric(model, hh, refusal_ids).mean()),
+    base_h = _metric(model, hh, refusal_ids)
+    # Screen on the harmful val prompts the model refuses most strongly (most to remove).
+    strongest = sorted(range(len(harmful_val)), key=lambda i: -float(base_h[i]))[:cfg.n_screen]
+    screen = _batches(model, [harmful_val[i] for i in sorted(strongest)], cfg.batch_size)
+    baseline = {"harmful_val_metric": float(base_h.mean()),
                 "harmless_val_metric": float(torch.cat([refusal_metric(x[None], refusal_ids)
                                                         for x in base_s]).mean())}
     bypass, induce, kl = _scorer(model, hh, hs, refusal_ids, base_s)
