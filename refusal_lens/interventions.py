@@ -65,7 +65,9 @@ def ablation_hooks(
         return project_out(x, unit)
 
     layers = range(model.n_layers) if layers is None else layers
-    return [(f"blocks.{l}.{p}", hook_fn) for l in layers for p in points]
+    names = [f"blocks.{l}.{p}" for l in layers for p in points]
+    # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent points.
+    return [(name, hook_fn) for name in names if name in model.bridge.hook_dict]
 
 
 def addition_hooks(
