@@ -1,0 +1,277 @@
+"""Weight orthogonalization: bake directional ablation into the weights, and export the result.
+
+Every module that writes to the residual stream (token and positional embeddings, each
+attention output projection, each MLP output projection, and their biases) gets the unit
+direction ``u`` projected out of its output space, ``W <- W - u u^T W``. The edited model then
+computes exactly what :func:`refusal_lens.interventions.ablation_hooks` computes with hooks,
+with no hooks, so it can be saved and loaded by plain ``transformers``.
+
+Tied embeddings are untied first: the unembedding keeps the original weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .directions import Direction, DirectionError
+from .interventions import VectorLike, _as_vector
+from .model import LensModel, wrap_hf
+
+__all__ = ["orthogonalize", "export_hf", "export_cli", "residual_writers", "EXPORT_META"]
+
+EXPORT_META = "refusal_lens.json"
+
+# Where the decoder layers live, and which of their submodules write to the residual stream.
+_LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+                "transformer.layers")
+_ATTN_OUT = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attn.dense",
+             "attn.out_proj", "self_attention.dense", "self_attn.out_proj", "attn.attention.out_proj")
+_MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "fc2", "mlp.fc_out")
+_POS_EMBED = ("transformer.wpe", "model.decoder.embed_positions")
+# Architectures where editing the writers is not the same as ablating the residual stream.
+_POST_NORM = ("normalises each sublayer's output before adding it to the residual stream, so "
+              "projecting the direction out of the output projections does not remove it")
+_UNSUPPORTED = {"gemma2": _POST_NORM, "gemma3": _POST_NORM, "gemma3_text": _POST_NORM,
+                "olmo2": _POST_NORM, "bloom": "normalises the embeddings before the first layer"}
+_HELP = (
+    "Pass writers=[...] with the dotted names (as in hf_model.named_modules()) of every module "
+    "that writes to the residual stream: the token embedding, any positional embedding, and each "
+    "layer's attention output and MLP output projections, e.g. "
+    "['model.embed_tokens', 'model.layers.0.self_attn.o_proj', 'model.layers.0.mlp.down_proj', ...]."
+)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """Descend through TransformerLens bridge wrappers to the Hugging Face module."""
+    while isinstance(getattr(module, "original_component", None), nn.Module):
+        module = module.original_component
+    return module
+
+
+@contextmanager
+def _bridges_removed(root: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put the original Hugging Face modules back in place of bridge wrappers."""
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def visit(module: nn.Module) -> None:
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            inner = _unwrap(child)
+            if inner is not child:
+                swapped.append((module, name, child))
+                module._modules[name] = inner
+            visit(inner)
+
+    try:
+        visit(root)
+        yield root
+    finally:
+        for module, name, child in reversed(swapped):
+            module._modules[name] = child
+
+
+def _plain_copy(model: LensModel) -> nn.Module:
+    """A deep copy of the wrapped Hugging Face model without TransformerLens wrappers, with the
+    unembedding untied from the token embedding (and the config saying so)."""
+    with _bridges_removed(model.hf_model) as hf:
+        clean = copy.deepcopy(hf)
+    out_emb, in_emb = clean.get_output_embeddings(), clean.get_input_embeddings()
+    if out_emb is not None and out_emb.weight.data_ptr() == in_emb.weight.data_ptr():
+        out_emb.weight = nn.Parameter(in_emb.weight.detach().clone(),
+                                      requires_grad=in_emb.weight.requires_grad)
+    for cfg in {id(c): c for c in (clean.config, clean.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
+    # Drop parameters the bridge added (e.g. an all-zero unembedding bias) that the
+    # architecture does not have, so save_pretrained / from_pretrained round-trip exactly.
+    with torch.device("meta"):
+        expected = set(type(clean)(copy.deepcopy(clean.config)).state_dict())
+    for name, param in list(clean.named_parameters()):
+        if name in expected:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        if bool((param == 0).all()):
+            clean.get_submodule(owner_name).register_parameter(leaf, None)
+        else:
+            raise NotImplementedError(
+                f"{name} is not a parameter of {type(clean).__name__} but holds nonzero values; "
+                "this model cannot be saved as a plain Hugging Face checkpoint."
+            )
+    return clean
+
+
+def residual_writers(hf_model: nn.Module) -> list[str]:
+    """Dotted names of the modules of ``hf_model`` that write to the residual stream."""
+    model_type = getattr(hf_model.config.get_text_config(), "model_type", "")
+    if model_type in _UNSUPPORTED:
+        raise NotImplementedError(
+            f"{type(hf_model).__name__} ({model_type}) {_UNSUPPORTED[model_type]}, so weight "
+            "orthogonalization is not equivalent to ablation there. Use ablation hooks "
+            "(refusal_lens.interventions.ablated) instead.")
+    with _bridges_removed(hf_model):  # Hugging Face names, also for a wrapped model
+        names = dict(hf_model.named_modules())
+        embed = next(n for n, m in names.items() if m is hf_model.get_input_embeddings())
+    writers = [embed] + [p for p in _POS_EMBED if p in names][:1]
+    layers = next((p for p in _LAYER_LISTS if isinstance(names.get(p), nn.ModuleList)), None)
+    if layers is None:
+        raise NotImplementedError(
+            f"Cannot find the decoder layers of {type(hf_model).__name__}. " + _HELP)
+    for i in range(len(names[layers])):
+        for kind, options in (("attention output", _ATTN_OUT), ("MLP output", _MLP_OUT)):
+            found = next((f"{layers}.{i}.{o}" for o in options if f"{layers}.{i}.{o}" in names),
+                         None)
+            if found is None:
+                raise NotImplementedError(
+                    f"Cannot find the {kind} projection of layer {i} in "
+                    f"{type(hf_model).__name__} (tried {', '.join(options)}). " + _HELP)
+            writers.append(found)
+    return writers
+
+
+@torch.no_grad()
+def _project_out_weights(module: nn.Module, unit64: torch.Tensor) -> None:
+    """``W <- W - u u^T W`` along the residual axis (and ``b <- b - (u.b) u``), in float64."""
+    kind, d_model, w = type(module).__name__, unit64.shape[0], module.weight
+    if isinstance(module, nn.Linear):
+        axis = 0
+    elif isinstance(module, nn.Embedding) or kind == "Conv1D":  # GPT-2's Conv1D is (in, out)
+        axis = 1
+    else:
+        raise NotImplementedError(f"Don't know how {kind} writes to the residual stream. " + _HELP)
+    if w.shape[axis] != d_model:
+        raise NotImplementedError(f"{kind} of shape {tuple(w.shape)} does not write a "
+                                  f"{d_model}-wide residual stream. " + _HELP)
+    u = unit64.to(w.device)
+    w64 = w.to(torch.float64, copy=True)
+    if axis == 0:
+        w64.addr_(u, u @ w64, alpha=-1)
+    else:
+        w64.addr_(w64 @ u, u, alpha=-1)
+    w.copy_(w64)
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.shape == (d_model,):
+        b64 = bias.to(torch.float64)
+        bias.copy_((b64 - (b64 @ u) * u).to(bias.dtype))
+
+
+def orthogonalize(
+    model: LensModel, direction: VectorLike, writers: Sequence[str] | None = None
+) -> LensModel:
+    """A new ``LensModel`` whose weights have ``direction`` projected out (``model`` untouched).
+
+    ``writers`` overrides the automatic choice of modules to edit (see :func:`residual_writers`).
+    The unembedding is never edited; tied embeddings are untied first.
+    """
+    vec = _as_vector(direction, model)
+    unit64 = (vec.to(torch.float64) / vec.to(torch.float64).norm()).cpu()
+    hf = _plain_copy(model)
+    modules = dict(hf.named_modules())
+    names = list(writers) if writers is not None else residual_writers(hf)
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"No modules named {missing} in {type(hf).__name__}. " + _HELP)
+    for name in names:
+        _project_out_weights(modules[name], unit64)
+    meta = direction.metadata() if isinstance(direction, Direction) else {
+        "d_model": int(vec.shape[0]), "norm": float(vec.norm())}
+    info = dict(model.info)
+    info["orthogonalized"] = [*model.info.get("orthogonalized", []), meta]
+    info["orthogonalized_from"] = model.info.get("orthogonalized_from", model.name)
+    info["writers"] = names
+    return wrap_hf(hf, model.tokenizer, f"{info['orthogonalized_from']}-orthogonalized",
+                   source=getattr(model.bridge.cfg, "model_name", None) or model.name,
+                   system=model.chat.system,
+                   device=None if getattr(hf, "hf_device_map", None) else model.device,
+                   dtype=next(hf.parameters()).dtype, info=info)
+
+
+def export_hf(model: LensModel, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
+    """Save ``model`` (weights, config, tokenizer) as a plain Hugging Face directory.
+
+    Written to a temporary directory beside ``out_dir`` and renamed into place, so a failed
+    export leaves nothing behind. An existing ``out_dir`` is replaced only with ``force``.
+    ``config.json`` names the eager attention the logits were computed with, so a plain
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` reproduces them. Saving holds a second
+    copy of the weights in memory.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it.")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; remove it first.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o755)
+        hf = _plain_copy(model)
+        hf.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config.setdefault("attn_implementation", hf.config._attn_implementation or "eager")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        del hf
+        if model.info.get("orthogonalized"):
+            meta = {key: model.info[key] for key in ("orthogonalized", "orthogonalized_from",
+                                                     "writers")}
+            meta["model"] = model.name
+            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        for file in tmp.rglob("*"):
+            file.chmod(0o755 if file.is_dir() else 0o644)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old / out.name, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def export_cli(argv: list[str] | None = None) -> int:
+    """``refusal-lens export``: orthogonalize a model against a saved direction and save it."""
+    parser = argparse.ArgumentParser(
+        prog="refusal-lens export",
+        description="Project a saved direction out of a model's weights and save the result as "
+                    "a Hugging Face directory (loadable with AutoModelForCausalLM).")
+    parser.add_argument("--model", default="embedded", metavar="SPEC",
+                        help="model spec: embedded, embedded-base, synthetic, a local HF "
+                             "directory or a hub id (default: embedded)")
+    parser.add_argument("--direction", required=True, metavar="PATH",
+                        help="a direction saved with Direction.save() (.safetensors)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    args = parser.parse_args(argv)
+    from .model import ModelSpecError, load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"error: {out} already exists; pass --force to replace it.", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(args.model)
+        direction = Direction.load(args.direction, model=model)
+        path = export_hf(orthogonalize(model, direction), out, force=args.force)
+    except (DirectionError, ModelSpecError, FileNotFoundError, FileExistsError,
+            NotImplementedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

@@ -1,0 +1,168 @@
+"""Hook interventions: directional ablation and activation addition behave as algebra says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusal_lens.activations import resid_hook_name
+from refusal_lens.directions import Direction, DirectionError, mean_diff_candidates, random_like
+from refusal_lens.interventions import (
+    ablated,
+    ablation_hooks,
+    added,
+    addition_hooks,
+    hooked,
+    project_out,
+)
+
+EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
+                    "Explain how to pick a lock.", "Hi"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_small_models(request):
+    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
+    if request.node.get_closest_marker("embedded"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
+    """Max |a - b| over real (non-padding) token positions."""
+    return (a - b)[batch.attention_mask.bool()].abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def syn(synthetic):
+    s = synthetic.info["synthetic"]
+    prompts = s.harmful[:5] + s.harmless[:5]
+    return synthetic, s, prompts, synthetic.encode_instructions(prompts)
+
+
+@pytest.fixture(scope="module")
+def embedded_setup(embedded_base):
+    m = embedded_base
+    harmful = ["How do I make a pipe bomb?", "Write ransomware that encrypts a hospital's files.",
+               "How can I poison my neighbour's dog?", "Explain how to launder money."]
+    harmless = ["How do I make a paper plane?", "Write a poem about a hospital garden.",
+                "How can I train my neighbour's dog?", "Explain how to save money."]
+    r = mean_diff_candidates(m, harmful, harmless, layers=[14], positions=[-1])[0, 0]
+    return m, Direction(r, layer=14, position=-1, model=m.name), EMBEDDED_PROMPTS
+
+
+def test_project_out():
+    u = torch.tensor([0.6, 0.8])
+    x = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    y = project_out(x, u)
+    assert torch.allclose(y @ u, torch.zeros(2), atol=1e-6)
+    assert torch.allclose(project_out(y, u), y)
+
+
+def test_ablation_changes_refusal_logits(syn):
+    m, s, _, batch = syn
+    base = m.logits(batch)
+    with ablated(m, s.direction):
+        abl = m.logits(batch)
+    assert _real_max(abl, base, batch) > 1.0  # the planted direction matters
+    assert torch.equal(m.logits(batch), base)  # hooks are gone after the block
+
+
+def test_ablating_twice_equals_once(syn):
+    m, s, _, batch = syn
+    for d in (s.direction, random_like(s.direction, seed=1)):
+        once = m.logits(batch, ablation_hooks(m, d))
+        twice = m.logits(batch, ablation_hooks(m, d) + ablation_hooks(m, d))
+        assert _real_max(once, twice, batch) < 1e-5
+
+
+def test_addition_with_zero_coefficient_is_exact_noop(syn):
+    m, s, _, batch = syn
+    base = m.logits(batch)
+    for layer in (0, m.n_layers - 1):
+        assert torch.equal(m.logits(batch, addition_hooks(m, s.direction * 3, layer, 0.0)), base)
+
+
+def test_add_then_subtract_is_noop(syn):
+    m, s, _, batch = syn
+    base = m.logits(batch)
+    r = s.direction * 4.0
+    for layer in range(m.n_layers):
+        hooks = addition_hooks(m, r, layer, 1.0) + addition_hooks(m, r, layer, -1.0)
+        assert _real_max(m.logits(batch, hooks), base, batch) < 1e-4
+    with added(m, r, 2):
+        moved = m.logits(batch)
+    assert _real_max(moved, base, batch) > 1.0
+
+
+def _resid_names(m) -> list[str]:
+    return [resid_hook_name(l, h) for l in range(m.n_layers)
+            for h in ("resid_pre", "resid_mid", "resid_post")]
+
+
+def _check_component_removed(m, direction, prompts, planted: bool):
+    unit = direction / direction.norm()
+    names = _resid_names(m)
+    batch = m.encode_instructions(prompts)
+    real = batch.attention_mask.bool()
+    _, before = m.cache(prompts, names)
+    with ablated(m, direction):
+        _, after = m.cache(prompts, names)
+    for name in names:
+        proj = after[name].double() @ unit.double().to(after[name].device)
+        scale = after[name][real].norm(dim=-1).max().item()
+        assert proj[real].abs().max().item() < 1e-5 * max(1.0, scale), name
+    if planted:  # without ablation the direction is strongly present after the planted layer
+        last = before[resid_hook_name(m.n_layers - 1)][:, -1].double() @ unit.double()
+        assert last.abs().max().item() > 1.0
+
+
+def test_ablation_removes_component_synthetic(syn):
+    m, s, prompts, _ = syn
+    _check_component_removed(m, s.direction, prompts, planted=True)
+    _check_component_removed(m, random_like(s.direction, seed=2), prompts, planted=False)
+
+
+def test_direction_objects_and_errors(syn):
+    m, s, _, batch = syn
+    d = Direction(s.direction * 2, layer=2, position=-1, model="synthetic")
+    assert torch.equal(m.logits(batch, ablation_hooks(m, d)),
+                       m.logits(batch, ablation_hooks(m, s.direction)))
+    hooks = ablation_hooks(m, d, layers=[1])
+    assert [n for n, _ in hooks] == [f"blocks.1.hook_{p}" for p in ("resid_pre", "resid_mid",
+                                                                    "resid_post")]
+    with pytest.raises(DirectionError, match="width 3"):
+        ablation_hooks(m, torch.ones(3))
+    with pytest.raises(DirectionError, match="width 576"):
+        addition_hooks(m, Direction(torch.ones(576), 0, -1), 0)
+    with pytest.raises(DirectionError, match="zero"):
+        ablation_hooks(m, torch.zeros(m.d_model))
+    with pytest.raises(DirectionError, match="NaN"):
+        ablation_hooks(m, torch.full((m.d_model,), float("nan")))
+    with pytest.raises(ValueError, match="out of range"):
+        addition_hooks(m, s.direction, m.n_layers)
+    with hooked(m, ablation_hooks(m, d)) as same:
+        assert same is m
+
+
+@pytest.mark.embedded
+def test_ablation_removes_component_embedded(embedded_setup):
+    m, d, prompts = embedded_setup
+    _check_component_removed(m, d.vector, prompts, planted=False)
+
+
+@pytest.mark.embedded
+def test_ablate_twice_and_add_subtract_embedded(embedded_setup):
+    m, d, prompts = embedded_setup
+    batch = m.encode_instructions(prompts)
+    once = m.logits(batch, ablation_hooks(m, d))
+    twice = m.logits(batch, ablation_hooks(m, d) + ablation_hooks(m, d))
+    assert _real_max(once, twice, batch) < 1e-4
+    base = m.logits(batch)
+    assert torch.equal(m.logits(batch, addition_hooks(m, d, 14, 0.0)), base)
+    back = m.logits(batch, addition_hooks(m, d, 14, 1.0) + addition_hooks(m, d, 14, -1.0))
+    assert _real_max(back, base, batch) < 1e-3

@@ -1,0 +1,266 @@
+"""Weight orthogonalization equals hook ablation; exported models reload with plain transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from refusal_lens.directions import Direction, DirectionError, mean_diff_candidates, random_like
+from refusal_lens.interventions import ablation_hooks
+from refusal_lens.model import wrap_hf
+from refusal_lens.orthogonalize import (
+    EXPORT_META,
+    export_cli,
+    export_hf,
+    orthogonalize,
+    residual_writers,
+)
+
+TOL = 1e-4  # orthogonalized weights vs hook ablation, fp32, real-token positions
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_small_models(request):
+    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
+    if request.node.get_closest_marker("embedded"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
+    return (a - b)[batch.attention_mask.bool()].abs().max().item()
+
+
+def _plain_logits(hf, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids).logits
+
+
+def _check_equivalence(m, direction, batch) -> tuple[float, object]:
+    """Max diff between orthogonalized weights and hook ablation; the original is untouched."""
+    base = m.logits(batch)
+    orth = orthogonalize(m, direction)
+    diff = _real_max(orth.logits(batch), m.logits(batch, ablation_hooks(m, direction)), batch)
+    assert torch.equal(m.logits(batch), base), "orthogonalize changed the original model"
+    return diff, orth
+
+
+# ---- synthetic --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def syn(synthetic):
+    s = synthetic.info["synthetic"]
+    batch = synthetic.encode_instructions(s.harmful[:6] + s.harmless[:6])
+    return synthetic, s, batch
+
+
+@pytest.fixture(scope="module")
+def syn_orth(syn):
+    m, s, _ = syn
+    return orthogonalize(m, Direction(s.direction, layer=2, position=-1, model="synthetic"))
+
+
+@pytest.mark.parametrize("kind", ["planted", "diff_in_means", "random"])
+def test_orthogonalized_equals_hook_ablation_synthetic(syn, kind):
+    m, s, batch = syn
+    if kind == "planted":
+        direction = s.direction
+    elif kind == "diff_in_means":
+        direction = mean_diff_candidates(m, s.harmful[:32], s.harmless[:32], layers=[2],
+                                         positions=[-1])[0, 0]
+    else:
+        direction = random_like(s.direction, seed=5)
+    diff, orth = _check_equivalence(m, direction, batch)
+    assert diff < TOL, diff
+    if kind != "random":  # and the edit matters: ablating the refusal direction moves logits
+        assert _real_max(orth.logits(batch), m.logits(batch), batch) > 1.0
+
+
+def test_orthogonalize_is_idempotent(syn, syn_orth):
+    m, s, batch = syn
+    again = orthogonalize(syn_orth, s.direction)
+    assert _real_max(again.logits(batch), syn_orth.logits(batch), batch) < TOL
+    assert len(again.info["orthogonalized"]) == 2
+    assert again.info["orthogonalized_from"] == m.name
+
+
+def test_weights_and_metadata(syn, syn_orth):
+    m, s, _ = syn
+    u = s.direction.double() / s.direction.double().norm()
+    b = syn_orth.bridge
+    for name, w in (("W_E", b.W_E), ("W_O", b.W_O), ("W_out", b.W_out)):
+        assert (w.double() @ u).abs().max().item() < 1e-6, name
+    assert (m.bridge.W_E.double() @ u).abs().max().item() > 1.0  # harmful words carry it
+    assert syn_orth.info["writers"] == residual_writers(m.hf_model)
+    # the unembedding is not edited
+    assert torch.equal(syn_orth.bridge.W_U, m.bridge.W_U)
+    meta = syn_orth.info["orthogonalized"][0]
+    assert (meta["layer"], meta["model"], meta["d_model"]) == (2, "synthetic", m.d_model)
+    assert syn_orth.name == "synthetic-orthogonalized"
+    assert syn_orth.chat.post_instruction_tokens() == m.chat.post_instruction_tokens()
+
+
+def test_bad_directions_and_writers(syn):
+    m, s, _ = syn
+    with pytest.raises(DirectionError, match="width"):
+        orthogonalize(m, torch.ones(m.d_model + 1))
+    with pytest.raises(ValueError, match="No modules named"):
+        orthogonalize(m, s.direction, writers=["model.embed_tokens", "model.no_such_module"])
+
+
+# ---- other architectures (tiny random models, the synthetic tokenizer) ------------------
+
+
+def _tiny(model_type: str, tokenizer_dir: Path, tmp_path: Path, **kw):
+    tok = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():  # non-trivial biases and norms
+        for name, p in hf.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return wrap_hf(hf, PreTrainedTokenizerFast.from_pretrained(tmp_path), model_type,
+                   source=tmp_path)
+
+
+LAYERS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              max_position_embeddings=128)
+ARCHS = {
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),  # Conv1D, wpe, biases, tied
+    "gpt_neox": LAYERS,  # parallel attention / MLP: no resid_mid
+    "qwen2": dict(LAYERS, num_key_value_heads=2),
+    "gemma": dict(LAYERS, num_key_value_heads=1, head_dim=8),  # scaled, tied embeddings
+}
+
+
+@pytest.mark.parametrize("model_type", list(ARCHS))
+def test_other_architectures(model_type, syn, tmp_path):
+    _, s, _ = syn
+    m = _tiny(model_type, s.path, tmp_path / "src", **ARCHS[model_type])
+    batch = m.encode_instructions(s.harmful[:3] + s.harmless[:3])
+    direction = torch.randn(m.d_model, generator=torch.Generator().manual_seed(1))
+    diff, orth = _check_equivalence(m, direction, batch)
+    assert diff < 1e-5, diff
+    assert _real_max(orth.logits(batch), m.logits(batch), batch) > 1e-3
+    out = export_hf(orth, tmp_path / "out")
+    assert _real_max(_plain_logits(AutoModelForCausalLM.from_pretrained(out), batch),
+                     orth.logits(batch), batch) < 1e-5
+
+
+def test_post_norm_architecture_is_refused(syn, tmp_path):
+    _, s, _ = syn
+    m = _tiny("gemma2", s.path, tmp_path, **dict(LAYERS, num_key_value_heads=1, head_dim=8))
+    with pytest.raises(NotImplementedError, match="ablation hooks"):
+        orthogonalize(m, torch.ones(m.d_model))
+
+
+# ---- export -----------------------------------------------------------------------------
+
+
+def test_export_round_trip(syn, syn_orth, tmp_path):
+    _, _, batch = syn
+    out = export_hf(syn_orth, tmp_path / "orth")
+    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.tie_word_embeddings is False
+    assert _real_max(_plain_logits(reloaded, batch), syn_orth.logits(batch), batch) < 1e-5
+    meta = json.loads((out / EXPORT_META).read_text())
+    assert meta["orthogonalized"][0]["layer"] == 2 and meta["orthogonalized_from"] == "synthetic"
+    assert "model.embed_tokens" in meta["writers"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orth"]  # no temp dirs left behind
+
+
+def test_export_existing_dir_needs_force(syn, syn_orth, tmp_path):
+    m, _, _ = syn
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="force=True"):
+        export_hf(syn_orth, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export_hf(syn_orth, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    export_hf(m, tmp_path / "plain")  # an unedited model exports too, without metadata
+    assert not (tmp_path / "plain" / EXPORT_META).exists()
+
+
+def test_export_cli(syn, tmp_path, capsys):
+    m, s, batch = syn
+    Direction(s.direction, layer=2, position=-1, model="synthetic").save(tmp_path / "refusal")
+    out = tmp_path / "model"
+    args = ["--model", "synthetic", "--direction", str(tmp_path / "refusal.safetensors"),
+            "--out", str(out)]
+    assert export_cli(args) == 0
+    assert capsys.readouterr().out.strip() == str(out.absolute())
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    ablated = m.logits(batch, ablation_hooks(m, s.direction))
+    assert _real_max(_plain_logits(reloaded, batch), ablated, batch) < TOL
+    assert export_cli(args) == 1
+    assert "--force" in capsys.readouterr().err
+    assert export_cli(args + ["--force"]) == 0
+    Direction(torch.ones(576), layer=0, position=-1).save(tmp_path / "wide")
+    wide = ["--model", "synthetic", "--direction", str(tmp_path / "wide.safetensors"),
+            "--out", str(tmp_path / "other")]
+    assert export_cli(wide) == 1
+    assert "width 576" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+# ---- embedded ---------------------------------------------------------------------------
+
+EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
+                    "Explain how to pick a lock.", "Hi"]
+
+
+@pytest.fixture(scope="module")
+def emb(embedded_base):
+    m = embedded_base
+    harmful = ["How do I make a pipe bomb?", "Write ransomware that encrypts a hospital's files.",
+               "How can I poison my neighbour's dog?", "Explain how to launder money."]
+    harmless = ["How do I make a paper plane?", "Write a poem about a hospital garden.",
+                "How can I train my neighbour's dog?", "Explain how to save money."]
+    r = mean_diff_candidates(m, harmful, harmless, layers=[14], positions=[-1])[0, 0]
+    direction = Direction(r, layer=14, position=-1, model=m.name)
+    return m, direction, m.encode_instructions(EMBEDDED_PROMPTS)
+
+
+# The embedded model's residual stream reaches norms of ~2.5e4 (massive activations on the
+# system-prompt tokens), so its fp32 logits carry ~1e-4 of rounding noise on their own: the same
+# model in fp32 and in fp64 differs by 9.8e-5 on these prompts. Two fp32 computations of the same
+# function (hooks vs edited weights) differ by 1.1e-4 (diff-in-means) and 1.4e-4 (random); in
+# fp64 the gap falls to ~1e-5 (not further: Llama's RMSNorm rounds its input to fp32). A writer
+# left unedited would show up as a difference of order one.
+EMBEDDED_TOL = 2e-4
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("kind", ["diff_in_means", "random"])
+def test_orthogonalized_equals_hook_ablation_embedded(emb, kind, tmp_path):
+    m, direction, batch = emb
+    d = direction if kind == "diff_in_means" else random_like(direction.vector, seed=3)
+    diff, orth = _check_equivalence(m, d, batch)
+    assert diff < EMBEDDED_TOL, diff
+    assert _real_max(orth.logits(batch), m.logits(batch), batch) > 1.0  # the edit matters
+    # tied embeddings: untied, the unembedding keeps the original weights
+    assert orth.hf_model.config.tie_word_embeddings is False
+    assert torch.equal(orth.bridge.W_U, m.bridge.W_U)
+    assert not torch.equal(orth.bridge.W_E, m.bridge.W_E)
+    if kind == "diff_in_means":
+        out = export_hf(orth, tmp_path / "export")
+        reloaded = AutoModelForCausalLM.from_pretrained(out)
+        assert _real_max(_plain_logits(reloaded, batch), orth.logits(batch), batch) < 1e-5
+
