@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         entry["model"] = model.name
         entry["model_info"] = {k: model.info.get(k) for k in ("gguf_sha256", "card") if k in
                                model.info}
+        if model.info.get("organism"):
+            from refusal_lens import embedded
+
+            entry["model_info"]["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
         entry["direction"] = {"layer": args.direction_layer, "position": -1}
         print(f"suffix {res.suffix!r}: loss {res.loss:.3f} after {res.steps_run} steps, "
               f"{res.seconds:.0f} s", file=sys.stderr)

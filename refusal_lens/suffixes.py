@@ -187,8 +187,6 @@ class _Prompt:
     """One training prompt: its prefix KV cache, post-suffix ids and target ids."""
 
     def __init__(self, model: "LensModel", instruction: str, target_ids: list[int]) -> None:
-        from transformers.cache_utils import DynamicCache  # noqa: F401  (import check)
-
         before, after = split_prompt(model, instruction)
         dev = model.device
         with torch.no_grad():

@@ -160,7 +160,8 @@ def fit_or_load_direction(model: "LensModel", path: str | None = None, layer: in
 
 def suffix_analysis(model: "LensModel", n_prompts: int = 100, n_random: int = 3,
                     direction_path: str | None = "runs/embedded/direction.safetensors",
-                    layer: int | None = None, model_key: str = "embedded") -> SuffixAnalysis:
+                    layer: int | None = None, model_key: str = "embedded",
+                    n_train: int = 128) -> SuffixAnalysis:
     """Held-out prompts (JailbreakBench test, harmless test), the shipped suffix of
     ``model_key``, ``n_random`` random suffixes of equal length, and the refusal direction."""
     from .datasets import load_splits
@@ -169,7 +170,7 @@ def suffix_analysis(model: "LensModel", n_prompts: int = 100, n_random: int = 3,
     entry = shipped_suffix(model_key)
     if layer is None:
         layer = entry.get("direction", {}).get("layer")
-    direction, source = fit_or_load_direction(model, direction_path, layer)
+    direction, source = fit_or_load_direction(model, direction_path, layer, n_train)
     s = load_splits(seed=0)
     n_tok = len(entry["ids"])
     randoms = [random_suffix(model, n_tok, seed=1000 + i) for i in range(n_random)]
