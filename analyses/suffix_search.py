@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--no-early-stop", action="store_true",
                    help="keep optimising after the target is reached on every train prompt")
+    p.add_argument("--init-shipped", action="store_true",
+                   help="start the search from the shipped suffix instead of a random one")
     p.add_argument("--n-test", type=int, default=16 if FAST else 100)
     p.add_argument("--n-random", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts = refused_prompts(model, splits.harmful_train, args.n_prompts)
         cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk,
                         batch=args.batch, target=args.target, seed=args.seed,
-                        max_seconds=60 * args.max_minutes, early_stop=not args.no_early_stop)
+                        max_seconds=60 * args.max_minutes, early_stop=not args.no_early_stop,
+                        init=data.get(args.model, {}).get("suffix") if args.init_shipped else None)
         res = gcg_search(model, prompts, cfg)
         entry = {k: v for k, v in res.to_dict().items() if k not in ("extra",)}
         entry["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])

@@ -18,7 +18,10 @@ _STATIC_OK: bool | None = None  # whether static (PNG) export works; probed once
 
 
 def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list[Path]:
-    """Write ``<stem>.html`` (self-contained) always, and ``<stem>.png`` when static export works.
+    """Write ``<stem>.html`` always, and ``<stem>.png`` when static export works.
+
+    The HTML loads ``plotly.min.js`` from its own folder (written there once, from the installed
+    plotly), so it works offline without embedding 4 MB of JavaScript in every figure.
 
     PNG export needs kaleido (and a browser it can drive); without it the PNG is skipped with a
     one-line message on stderr. Returns the written paths.
@@ -26,8 +29,13 @@ def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list
     global _STATIC_OK
     stem = Path(path_stem)
     stem = stem.with_suffix("") if stem.suffix in (".html", ".png") else stem
+    js = stem.parent / "plotly.min.js"
+    if not js.is_file():
+        from plotly.offline import get_plotlyjs
+
+        atomic_write_text(js, get_plotlyjs())
     out = [atomic_write_text(stem.with_suffix(".html"),
-                             fig.to_html(include_plotlyjs=True, full_html=True))]
+                             fig.to_html(include_plotlyjs="directory", full_html=True))]
     if png and _STATIC_OK is not False:
         try:
             data = fig.to_image(format="png", scale=2)
