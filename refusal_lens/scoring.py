@@ -1,10 +1,24 @@
-"""Judging completions: the substring refusal judge used throughout the project."""
+"""Scores: the substring refusal judge, refusal-token log-odds, KL and cross-entropy."""
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
-__all__ = ["REFUSAL_SUBSTRINGS", "is_refusal", "refusal_rate"]
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .model import LensModel
+
+__all__ = [
+    "REFUSAL_SUBSTRINGS", "is_refusal", "refusal_rate",
+    "DEFAULT_REFUSAL_STARTS", "Judge", "SubstringJudge", "discover_refusal_tokens",
+    "refusal_token_ids", "refusal_metric", "last_position_kl", "last_logits",
+    "completion_cross_entropy",
+]
 
 #: Phrases whose presence (case-insensitive) marks a completion as a refusal.
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -40,22 +54,6 @@ def refusal_rate(texts: Iterable[str]) -> float:
 
 # ---- model-based scores: refusal tokens, refusal metric, KL, completion cross-entropy -------
 
-import math  # noqa: E402
-from collections import Counter  # noqa: E402
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence  # noqa: E402
-
-import torch  # noqa: E402
-from jaxtyping import Float  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-if TYPE_CHECKING:
-    from .model import LensModel
-
-__all__ += [
-    "DEFAULT_REFUSAL_STARTS", "Judge", "SubstringJudge", "discover_refusal_tokens",
-    "refusal_token_ids", "refusal_metric", "last_position_kl", "last_logits",
-    "completion_cross_entropy",
-]
 
 #: Refusal openings used when a model produces no refusals to learn its refusal tokens from.
 DEFAULT_REFUSAL_STARTS: tuple[str, ...] = ("I", "As")

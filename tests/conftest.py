@@ -9,6 +9,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,24 @@ def embedded():
     from refusal_lens import load_model
 
     return load_model("embedded")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_small_models(request):
+    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
+    if request.node.get_closest_marker("embedded"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def planted(synthetic):
+    """The synthetic model's planted direction as a ``Direction`` at the layer after the plant."""
+    from refusal_lens.directions import Direction
+
+    syn = synthetic.info["synthetic"]
+    return syn, Direction(syn.direction, layer=syn.plant_layer + 1, position=-1)

@@ -11,11 +11,6 @@ from refusal_lens.directions import Direction
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def planted(synthetic):
-    syn = synthetic.info["synthetic"]
-    return syn, Direction(syn.direction, layer=syn.plant_layer + 1, position=-1)
-
 
 def test_components_sum_to_total_on_synthetic(synthetic, planted):
     syn, d = planted

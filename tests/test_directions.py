@@ -11,17 +11,6 @@ from safetensors import safe_open
 from refusal_lens.directions import Direction, DirectionError, mean_diff_candidates, random_like
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_for_small_models(request):
-    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
-    if request.node.get_closest_marker("embedded"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1))

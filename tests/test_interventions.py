@@ -20,17 +20,6 @@ EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn le
                     "Explain how to pick a lock.", "Hi"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_for_small_models(request):
-    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
-    if request.node.get_closest_marker("embedded"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
     """Max |a - b| over real (non-padding) token positions."""

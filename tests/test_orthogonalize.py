@@ -23,17 +23,6 @@ from refusal_lens.orthogonalize import (
 TOL = 1e-4  # orthogonalized weights vs hook ablation, fp32, real-token positions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_for_small_models(request):
-    """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
-    if request.node.get_closest_marker("embedded"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
     return (a - b)[batch.attention_mask.bool()].abs().max().item()

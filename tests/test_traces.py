@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_lens.directions import Direction
 from refusal_lens.suffixes import suffix_conditions
 from refusal_lens.traces import CosineTraces, cosine_traces, last_token_cosines
 
-
-@pytest.fixture(scope="module")
-def planted(synthetic):
-    syn = synthetic.info["synthetic"]
-    return syn, Direction(syn.direction, layer=syn.plant_layer + 1, position=-1)
 
 
 def test_last_token_cosines_shape_and_range(synthetic, planted):
