@@ -2,17 +2,20 @@
 addition / orthogonalization with random-direction controls, from a `refusal-lens run` directory.
 
 Reuses ``--run`` (default ``runs/embedded``) when it holds a finished report; otherwise runs the
-pipeline there first (``--rerun`` forces that). Copies the figures and the report into figures/.
+pipeline there first (``--rerun`` forces that). Renders the figures from the run's JSON into
+figures/ and copies the report beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 from refusal_lens.pipeline import run_pipeline
+from refusal_lens.plots import candidate_scores_figure, refusal_rates_figure, save_figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,16 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun or not (run / "report.json").is_file():
         run_pipeline(args.model, run, force=True)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("candidate_scores.html", "candidate_scores.png", "refusal_rates.html",
-                 "refusal_rates.png", "report.md", "direction.json"):
-        src = run / name
-        if src.is_file():
-            dst = out / (name if name.endswith((".html", ".png")) else f"pipeline_{name}")
-            shutil.copyfile(src, dst)
-            print(f"wrote {dst}", file=sys.stderr)
-        elif name.endswith(".png"):
-            print(f"no {name} in {run} (static export unavailable); HTML only", file=sys.stderr)
+    report = json.loads((run / "report.json").read_text())
+    scores = json.loads((run / "scores.json").read_text())["seeds"]
+    first = str(report["config"]["seeds"][0])
+    sel = scores[first]
+    written = save_figure(candidate_scores_figure(
+        sel["candidates"], None, (sel["layer"], sel["position"]),
+        title=f"Candidate directions, {report['model']}, seed {first}"), out / "candidate_scores")
+    n_seeds = len(report["config"]["seeds"])
+    written += save_figure(refusal_rates_figure(
+        report["rates"], title=f"Refusal rates, {report['model']} (95% bootstrap CI, "
+                               f"{n_seeds} seed(s), held-out prompts)"), out / "refusal_rates")
+    for name in ("report.md", "direction.json"):
+        shutil.copyfile(run / name, out / f"pipeline_{name}")
+        written.append(out / f"pipeline_{name}")
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=20.0)
     p.add_argument("--no-early-stop", action="store_true",
                    help="keep optimising after the target is reached on every train prompt")
+    p.add_argument("--record", action="store_true",
+                   help="without --search: re-measure the shipped suffix on the current model "
+                        "and record that effect in the shipped entry")
     p.add_argument("--init-shipped", action="store_true",
                    help="start the search from the shipped suffix instead of a random one")
     p.add_argument("--n-test", type=int, default=16 if FAST else 100)
@@ -81,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     effect["prompts"] = f"harmful_test (JailbreakBench), first {len(test)}"
     print(json.dumps({k: v for k, v in effect.items() if k != "refused_without_suffix"},
                      indent=2))
-    if args.search:
+    if args.search or args.record:
+        if model.info.get("organism"):
+            from refusal_lens import embedded
+
+            effect["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
+        effect["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
         entry["effect"] = effect
         data[args.model] = entry
         atomic_write_text(SHIPPED, json.dumps(data, indent=2) + "\n")
