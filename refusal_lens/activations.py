@@ -19,6 +19,10 @@ class ActivationError(ValueError):
     """Activations that cannot be used (NaN / inf)."""
 
 
+class _Collected(Exception):
+    """Raised by the last hook a streaming pass needs: the rest of the forward is skipped."""
+
+
 def resid_hook_name(layer: int, hook: str = "resid_pre") -> str:
     """TransformerLens hook name, e.g. ``blocks.3.hook_resid_pre``."""
     if hook not in RESID_HOOKS:
@@ -82,7 +86,9 @@ def resid_sums(
                         device=model.device)
     current: list["Batch"] = []
 
-    def make_hook(i: int):
+    last = max(layers)
+
+    def make_hook(i: int, layer: int):
         def hook_fn(x: Tensor, hook) -> Tensor:
             picked = current[0].gather(x, positions).to(torch.float64)
             if not torch.isfinite(picked).all():
@@ -91,19 +97,24 @@ def resid_sums(
                     "(use float32) and the inputs."
                 )
             total[i] += picked.sum(0)
+            if layer == last:  # nothing later is needed: no further blocks, no logits
+                raise _Collected
             return x
 
         return hook_fn
 
-    fwd_hooks = [(resid_hook_name(l, hook), make_hook(i)) for i, l in enumerate(layers)]
-    stop = max(layers) + 1
+    fwd_hooks = [(resid_hook_name(l, hook), make_hook(i, l)) for i, l in enumerate(layers)]
     n = 0
     desc = f"residual means ({len(instructions)} prompts)" if progress else None
     for batch in iter_batches(model, instructions, batch_size, system, desc, sort_by_length=True):
         current[:] = [batch]
-        with model.bridge.hooks(fwd_hooks=fwd_hooks):
-            model.bridge(batch.input_ids, stop_at_layer=stop if stop < model.n_layers else None,
-                         **batch.forward_kwargs())
+        try:
+            with model.bridge.hooks(fwd_hooks=fwd_hooks):
+                model.bridge(batch.input_ids, **batch.forward_kwargs())
+        except _Collected:
+            pass
+        else:
+            raise RuntimeError(f"The hooks {[h for h, _ in fwd_hooks]} did not fire.")
         n += batch.input_ids.shape[0]
     return total, n
 
@@ -121,7 +132,8 @@ def resid_means(
     """Mean residual activation per (layer, position), streamed over batches in float64.
 
     Memory is independent of the number of prompts: each batch is reduced to a running sum
-    as soon as its hooks fire, and the forward pass stops after the last layer needed.
+    as soon as its hooks fire, and the forward pass stops at the last hook needed (no later
+    blocks, no logits).
     ``positions`` are negative offsets from the prompt end (default: post-instruction tokens).
     """
     total, n = resid_sums(model, instructions, layers, positions, hook, batch_size, system,

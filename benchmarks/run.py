@@ -1,0 +1,267 @@
+"""Speed and memory benchmarks on the embedded model, reported as ratios measured in one run.
+
+    python benchmarks/run.py [--n 128] [--quick]
+
+Writes ``benchmarks/results.json`` and prints a Markdown table (also ``benchmarks/results.md``).
+Targets: streaming extraction >= 3x the naive cache-everything baseline and >= 30% of the
+measured float32 matmul roofline; peak RSS at N=512 within 10% of N=64; orthogonalized
+generation within 5% of the plain model; KV-cache generation >= 3x no-cache; cached load <= 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn, repeat: int = 1):
+    """Best wall time of ``repeat`` calls, and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def matmul_roofline(n: int = 2048, repeat: int = 5) -> float:
+    """Measured float32 matmul rate of this machine (FLOP/s), all threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    sec, _ = timed(lambda: a @ b, repeat)
+    return 2 * n**3 / sec
+
+
+def non_embedding_params(model) -> int:
+    hf = model.hf_model
+    emb = hf.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in hf.parameters()) - emb
+
+
+def bench_extraction(model, prompts: list[str], roofline: float) -> dict:
+    """Streaming resid_means vs run_with_cache(all hooks) + mean afterwards."""
+    from refusal_lens.activations import iter_batches
+
+    positions = model.post_instruction_positions
+    layers = list(range(model.n_layers))
+    stream_s, means = timed(lambda: model.resid_means(prompts, batch_size=32, progress=False))
+
+    def naive():
+        sums, n = None, 0
+        for batch in iter_batches(model, prompts, 32):
+            _, cache = model.bridge.run_with_cache(batch.input_ids, **batch.forward_kwargs())
+            acts = torch.stack([batch.gather(cache[f"blocks.{l}.hook_resid_pre"], positions)
+                                for l in layers]).double().sum(1)
+            sums = acts if sums is None else sums + acts
+            n += batch.input_ids.shape[0]
+            del cache
+        return sums / n
+
+    naive_s, ref = timed(naive)
+    tokens = sum(len(t) for t in model.tokenizer(model.format(prompts), add_special_tokens=False)["input_ids"])
+    flops = 2 * non_embedding_params(model) * tokens
+    return {
+        "n_prompts": len(prompts), "tokens": tokens,
+        "streaming_s": stream_s, "naive_s": naive_s,
+        "streaming_prompts_per_s": len(prompts) / stream_s,
+        "naive_prompts_per_s": len(prompts) / naive_s,
+        "speedup_vs_naive": naive_s / stream_s,
+        "max_abs_diff_vs_naive": float((means - ref).abs().max()),
+        "achieved_flops": flops / stream_s,
+        "roofline_flops": roofline,
+        "roofline_fraction": flops / stream_s / roofline,
+    }
+
+
+_RSS_CHILD = """
+import os, resource, sys
+os.environ["HF_HUB_OFFLINE"] = "1"
+import refusal_lens as rl
+from refusal_lens.datasets import load_pools
+m = rl.load_model("embedded")
+base = [r["instruction"] for r in load_pools()[1]][:64]
+n = int(sys.argv[1])
+prompts = (base * (n // len(base) + 1))[:n]  # same length distribution for every N
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m.resid_means(prompts, batch_size=32, progress=False)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before, after)
+"""
+
+
+def bench_memory(ns=(64, 512)) -> dict:
+    """Peak RSS of a fresh process extracting means over N prompts (all layers, positions).
+
+    Every N draws from the same 64 prompts, so only the count changes: per-batch memory
+    depends on the longest prompt in a batch, not on how many batches there are.
+    """
+    out = {}
+    for n in ns:
+        res = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(n)], capture_output=True,
+                             text=True, check=True)
+        before, after = map(int, res.stdout.split()[-2:])
+        out[n] = {"peak_rss_mb_after_load": before / 1024, "peak_rss_mb": after / 1024}
+    lo, hi = out[ns[0]]["peak_rss_mb"], out[ns[-1]]["peak_rss_mb"]
+    return {"by_n": out, "ratio_large_to_small": hi / lo}
+
+
+def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
+    """Plain vs hook ablation vs orthogonalized weights; KV cache vs none (batch of 16)."""
+    from refusal_lens.directions import random_like
+    from refusal_lens.generation import generate
+    from refusal_lens.interventions import ablation_hooks
+    from refusal_lens.orthogonalize import orthogonalize
+
+    d = random_like(torch.ones(model.d_model, dtype=torch.float64), seed=0)
+    ortho = orthogonalize(model, d)
+    kw = dict(max_new_tokens=new_tokens, batch_size=16, progress=False)
+    plain_s, _ = timed(lambda: generate(model, prompts, **kw))
+    hook_s, _ = timed(lambda: generate(model, prompts, ablation_hooks(model, d), **kw))
+    ortho_s, _ = timed(lambda: generate(ortho, prompts, **kw))
+    nocache_s, _ = timed(lambda: generate(model, prompts, use_cache=False, **kw))
+    return {
+        "batch": len(prompts), "new_tokens": new_tokens,
+        "plain_s": plain_s, "hook_ablation_s": hook_s, "orthogonalized_s": ortho_s,
+        "no_kv_cache_s": nocache_s,
+        "orthogonalized_over_plain": ortho_s / plain_s,
+        "hook_over_plain": hook_s / plain_s,
+        "kv_cache_speedup": nocache_s / plain_s,
+    }
+
+
+_LOAD_CHILD = """
+import os, sys, time
+os.environ["HF_HUB_OFFLINE"] = "1"
+t = time.perf_counter()
+import refusal_lens as rl
+rl.load_model("embedded")
+print(time.perf_counter() - t)
+"""
+
+
+def bench_load() -> dict:
+    """First load (dequantize into an empty cache) vs cached load, each in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "REFUSAL_LENS_CACHE": tmp}
+        times = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", _LOAD_CHILD], capture_output=True,
+                                 text=True, check=True, env=env)
+            times.append(float(res.stdout.split()[-1]))
+    return {"first_load_s": times[0], "cached_load_s": times[1],
+            "speedup": times[0] / times[1]}
+
+
+def bench_selection(model, s, n_val: int) -> dict:
+    """Time per candidate of the selection (screen: bypass on a few prompts; full: bypass +
+    induce + KL on the validation prompts), from ``select_direction``'s own timing."""
+    from refusal_lens.scoring import refusal_token_ids
+    from refusal_lens.selection import SelectionConfig, select_direction
+
+    cfg = SelectionConfig(top_k=4)
+    ids = refusal_token_ids(model.tokenizer, ["I", "As"])
+    res = select_direction(model, s.harmful_train[:32], s.harmless_train[:32],
+                           s.harmful_val[:n_val], s.harmless_val[:n_val], ids, cfg,
+                           progress=False)
+    n_screened = sum(1 for c in res.scores if c.screen_bypass == c.screen_bypass)
+    n_scored = sum(1 for c in res.scores if c.scored)
+    t = res.timing
+    return {
+        "layers_scanned": len({c.layer for c in res.scores}),
+        "positions": len(model.post_instruction_positions),
+        "n_screened": n_screened, "n_fully_scored": n_scored, "n_val": n_val,
+        "n_screen_prompts": cfg.n_screen,
+        "fit_s": t["fit_s"], "screen_s_per_candidate": t["screen_s"] / max(1, n_screened),
+        "full_score_s_per_candidate": t["score_s"] / max(1, n_scored),
+        "scaling": "fit: one pass over the training prompts, independent of the candidate count; "
+                   "screening and scoring: linear in layers x positions (screen) and top_k (full)",
+    }
+
+
+BENCHES = ("load", "extraction", "memory", "generation", "selection")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=128, help="prompts for the extraction benchmark")
+    parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
+    parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES),
+                        help="run only these benchmarks (the others keep their last results)")
+    args = parser.parse_args()
+    import refusal_lens as rl
+    from refusal_lens.datasets import load_splits
+
+    torch.manual_seed(0)
+    s = load_splits(seed=0)
+    n = 16 if args.quick else args.n
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__}
+    model = None
+    for name in args.only:
+        print(f"{name} ...", file=sys.stderr)
+        if name == "load":
+            results["load"] = bench_load()
+            continue
+        if name == "memory":
+            results["memory"] = bench_memory((16, 64) if args.quick else (64, 512))
+            continue
+        model = model or rl.load_model("embedded")
+        if name == "extraction":
+            results["extraction"] = bench_extraction(
+                model, (s.harmful_train + s.harmless_train)[:n], matmul_roofline())
+        elif name == "generation":
+            results["generation"] = bench_generation(model, s.harmless_test[:16],
+                                                     16 if args.quick else 64)
+        elif name == "selection":
+            results["selection"] = bench_selection(model, s, 8 if args.quick else 32)
+    results["targets"] = targets(results)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (HERE / "results.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def targets(r: dict) -> dict:
+    """Each target that was measured: value, bar, met?"""
+    checks = [
+        ("extraction", "speedup_vs_naive", "extraction speedup vs naive (>= 3x)", lambda v: v >= 3),
+        ("extraction", "roofline_fraction", "extraction roofline fraction (>= 0.30)",
+         lambda v: v >= 0.30),
+        ("memory", "ratio_large_to_small", "peak RSS N=512 / N=64 (<= 1.10)", lambda v: v <= 1.10),
+        ("generation", "orthogonalized_over_plain",
+         "orthogonalized / plain generation time (<= 1.05)", lambda v: v <= 1.05),
+        ("generation", "kv_cache_speedup", "KV-cache generation speedup (>= 3x)", lambda v: v >= 3),
+        ("load", "cached_load_s", "cached model load seconds (<= 5)", lambda v: v <= 5),
+    ]
+    return {label: {"value": round(r[sec][key], 3), "met": bool(ok(r[sec][key]))}
+            for sec, key, label, ok in checks if key in r.get(sec, {})}
+
+
+def markdown(r: dict) -> str:
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'NO'} |" for k, v in r["targets"].items()]
+    m = r["machine"]
+    lines.append(f"\nMachine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
+                 f"({m['torch_threads']} threads).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
