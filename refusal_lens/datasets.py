@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from .paths import atomic_write_bytes, atomic_write_text, cache_dir
 
-Record = dict[str, str]
+Record = dict[str, str]  # instruction, category, source[, response]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TEST_SOURCE = "jailbreakbench"
 PYPI_SIMPLE = "https://pypi.org/simple/{project}/"
 TIMEOUT_S = 60
@@ -134,14 +134,20 @@ def norm_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
-def _records(pairs: Iterable[tuple[Any, Any]], source: str) -> list[Record]:
-    """Records from ``(instruction, category)`` pairs; empty instructions are dropped."""
+def _records(rows: Iterable[tuple[Any, ...]], source: str) -> list[Record]:
+    """Records from ``(instruction, category[, response])`` rows; empty instructions dropped.
+
+    ``response`` (the dataset's reference answer, kept verbatim) is stored when present.
+    """
     out = []
-    for text, cat in pairs:
+    for text, cat, *rest in rows:
         text = clean(text or "")
         if norm_key(text):
-            out.append({"instruction": text, "category": clean(cat or "") or "unspecified",
-                        "source": source})
+            rec = {"instruction": text, "category": clean(cat or "") or "unspecified",
+                   "source": source}
+            if rest and isinstance(rest[0], str) and rest[0].strip():
+                rec["response"] = rest[0].strip()
+            out.append(rec)
     return out
 
 
@@ -165,7 +171,7 @@ def _csv_rows(text: str) -> list[dict[str, str]]:
 def _parse(name: str, text: str) -> list[Record]:
     """Parse the raw file of source ``name`` into records."""
     if name == "jailbreakbench":
-        pairs: Iterable[tuple[Any, Any]] = ((r["Goal"], r.get("Category")) for r in _csv_rows(text))
+        pairs: Iterable[tuple[Any, ...]] = ((r["Goal"], r.get("Category")) for r in _csv_rows(text))
     elif name == "advbench":  # first harm label = top-level category of PyRIT's taxonomy
         seeds = (yaml.safe_load(text) or {}).get("seeds", [])
         pairs = ((s.get("value"), (s.get("harm_categories") or [None])[0]) for s in seeds)
@@ -174,10 +180,10 @@ def _parse(name: str, text: str) -> list[Record]:
     elif name == "strongreject":
         pairs = ((r["forbidden_prompt"], r.get("category")) for r in _csv_rows(text))
     elif name == "alpaca":  # instructions that need no extra input
-        pairs = ((r.get("instruction"), name) for r in json.loads(text)
+        pairs = ((r.get("instruction"), name, r.get("output")) for r in json.loads(text)
                  if not clean(r.get("input") or ""))
     elif name == "alpaca_eval":
-        pairs = ((r.get("instruction"), name) for r in json.loads(text))
+        pairs = ((r.get("instruction"), name, r.get("output")) for r in json.loads(text))
     else:
         raise KeyError(f"no parser for source {name!r}")
     return _records(pairs, name)
@@ -413,6 +419,13 @@ class Splits:
     def sizes(self) -> dict[str, int]:
         return {n: len(getattr(self, n)) for n in self.NAMES}
 
+    def responses(self, name: str) -> list[str] | None:
+        """The datasets' reference answers for split ``name``, or ``None`` if any is missing."""
+        recs = self.records.get(name) or []
+        if len(recs) != len(getattr(self, name)) or not all(r.get("response") for r in recs):
+            return None
+        return [r["response"] for r in recs]
+
     def hash(self) -> str:
         """SHA-256 over the sorted contents of the train and val splits."""
         payload = {n: sorted(getattr(self, n)) for n in
@@ -434,7 +447,7 @@ def _take(pool: list[Record], sizes: dict[str, int], side: str) -> dict[str, lis
 
 def make_splits(harmful: Sequence[Record], harmless: Sequence[Record], *, seed: int = 0,
                 n_train: int = 128, n_val: int = 32, n_test: int | None = None,
-                n_organism: int = 256) -> Splits:
+                n_organism: int = 512) -> Splits:
     """Build deterministic, pairwise-disjoint splits from record pools.
 
     Harmful records from JailbreakBench form the fixed, unshuffled harmful test
@@ -465,7 +478,7 @@ def make_splits(harmful: Sequence[Record], harmless: Sequence[Record], *, seed: 
 
 
 def load_splits(seed: int = 0, n_train: int = 128, n_val: int = 32, n_test: int | None = None,
-                n_organism: int = 256) -> Splits:
+                n_organism: int = 512) -> Splits:
     """Splits from the cached public datasets (fetched on first use); see :func:`make_splits`."""
     harmful, harmless = load_pools()
     return make_splits(harmful, harmless, seed=seed, n_train=n_train, n_val=n_val,

@@ -39,9 +39,9 @@ ADAPTER_FORMAT = "refusal_lens-lora-v1"
 # The shipped adapter's configuration (``threads`` fixes CPU float summation order, so a
 # retrain with the same seed and thread count reproduces the adapter bit for bit).
 DEFAULTS: dict[str, Any] = {
-    "r": 8, "lora_alpha": 16, "lr": 5e-4, "epochs": 2, "batch_size": 8, "n_harmful": 256,
-    "n_harmless": 256, "harmless_weight": 1.5, "distill_tokens": 64, "weight_decay": 0.0,
-    "warmup_frac": 0.1, "first_layer": 12, "harmless_tokens": 24, "threads": 1,
+    "r": 8, "lora_alpha": 16, "lr": 5e-4, "epochs": 3, "batch_size": 8, "n_harmful": 320,
+    "n_harmless": 512, "harmless_weight": 2.0, "distill_tokens": 64, "weight_decay": 0.0,
+    "warmup_frac": 0.1, "first_layer": 8, "harmless_tokens": 24, "threads": 2,
     "decision_tokens": 3, "decision_weight": 4.0,
 }
 EVAL_TOKENS = 64

@@ -54,6 +54,9 @@ class ExperimentData:
     harmful_test: list[str]
     harmless_test: list[str]
     fit: Callable[[int], FitData]
+    # reference answers to ``harmless_test`` for the cross-entropy check (``None``: the
+    # model's own baseline completions are scored instead)
+    harmless_reference: list[str] | None = None
 
 
 def _draw(pool: Sequence[str], n: int, seed: int, side: str) -> list[str]:
@@ -104,7 +107,9 @@ def default_data(model: Any, n_train: int = 128, n_val: int = 32,
                            ref.harmless_val)
         return drawn(seed)
 
-    return ExperimentData("public (JailbreakBench test)", h_test, s_test, fit)
+    ref_answers = ref.responses("harmless_test")
+    return ExperimentData("public (JailbreakBench test)", h_test, s_test, fit,
+                          ref_answers[: len(s_test)] if ref_answers else None)
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -184,7 +189,7 @@ def run_pipeline(
 
     t = time.perf_counter()
     base = evaluate_baseline(lm, data.harmful_test, data.harmless_test, judge, max_new_tokens,
-                             batch_size, progress)
+                             batch_size, progress, harmless_reference=data.harmless_reference)
     timing["baseline_s"] = time.perf_counter() - t
 
     selections, per_seed, directions = {}, [], {}
@@ -253,6 +258,7 @@ def run_pipeline(
                        for s, d in directions.items()},
         **{k: summary[k] for k in ("verdict", "rates", "capability", "seeds", "pooled_decision",
                                    "targets")},
+        "ce_text": base.ce_source,
         "notes": notes, "timing": timing,
     }
     atomic_write_text(out / "report.json", dumps(report))
@@ -294,8 +300,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         arm = key.replace("_harmful", "").replace("_harmless", "").replace("_", " ")
         lines.append(f"| {split} | {arm} | {_f(v['rate'], 2)} | [{_f(v['ci_low'], 2)}, "
                      f"{_f(v['ci_high'], 2)}] | {v['n']} |")
-    lines += ["", "## Capability (harmless test prompts; CE of the unintervened model's own "
-              "greedy completions, KL at the last prompt position vs. baseline)", "",
+    lines += ["", f"## Capability (harmless test prompts; CE of the {r.get('ce_text', 'baseline completions')}, "
+              "KL at the last prompt position vs. baseline)", "",
               "| model | CE (nats/token) | KL |", "|---|---|---|"]
     for k, v in r["capability"].items():
         lines.append(f"| {k.replace('_', ' ')} | {_f(v['ce'])} | {_f(v['kl'], 4)} |")

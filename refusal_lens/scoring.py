@@ -181,12 +181,14 @@ def completion_cross_entropy(
     batch_size: int = 16,
     reference_last: Tensor | None = None,
     progress: bool = False,
+    max_completion_tokens: int | None = None,
 ) -> dict:
     """Mean per-token cross-entropy of ``completions`` given the chat-formatted ``instructions``.
 
     Returns ``ce`` (nats/token over all completion tokens), ``n_tokens``, and ``last_logits``
     (logits at each prompt's last position, for KL). With ``reference_last`` also ``kl``: the
-    mean last-position ``KL(reference || this)``.
+    mean last-position ``KL(reference || this)``. ``max_completion_tokens`` truncates each
+    completion to its first tokens.
     """
     from tqdm.auto import tqdm
 
@@ -202,6 +204,7 @@ def completion_cross_entropy(
         for p, c in zip(prompts[s:s + batch_size], completions[s:s + batch_size]):
             p_ids = tok(p, add_special_tokens=False)["input_ids"]
             c_ids = tok(c, add_special_tokens=False)["input_ids"] if c else []
+            c_ids = c_ids[:max_completion_tokens] if max_completion_tokens else c_ids
             rows.append((p_ids, c_ids))
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)

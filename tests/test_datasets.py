@@ -59,7 +59,8 @@ def test_records_match_strings(splits: ds.Splits) -> None:
     for name in ds.Splits.NAMES:
         recs = splits.records[name]
         assert [r["instruction"] for r in recs] == getattr(splits, name)
-        assert all(set(r) == {"instruction", "category", "source"} and r["category"] for r in recs)
+        keys = {"instruction", "category", "source"}
+        assert all(keys <= set(r) <= keys | {"response"} and r["category"] for r in recs)
     assert {r["source"] for r in splits.records["harmless_train"]} <= {"alpaca", "alpaca_eval"}
 
 
@@ -146,9 +147,18 @@ def test_local_loaders(tmp_path: Path) -> None:
     alp = tmp_path / "alpaca.json"
     alp.write_text(json.dumps([{"instruction": "Name a fruit.", "input": "", "output": "Apple"},
                                {"instruction": "Sum these.", "input": "1, 2", "output": "3"}]))
-    assert [r["instruction"] for r in ds.load_alpaca_json(alp)] == ["Name a fruit."]
+    assert ds.load_alpaca_json(alp) == [{"instruction": "Name a fruit.", "category": "alpaca",
+                                         "source": "alpaca", "response": "Apple"}]
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         ds.load_advbench_csv(tmp_path / "nope.csv")
+
+
+def test_reference_responses(splits: ds.Splits) -> None:
+    """Alpaca rows keep their reference answers (the CE check's text); harmful rows have none."""
+    answers = splits.responses("harmless_test")
+    assert answers is not None and len(answers) == len(splits.harmless_test)
+    assert all(isinstance(a, str) and a.strip() for a in answers)
+    assert splits.responses("harmful_test") is None
 
 
 def test_make_splits_from_local_records() -> None:

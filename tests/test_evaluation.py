@@ -50,3 +50,22 @@ def test_targets():
     assert t["ablation"]["met"] and t["random_ablation"]["met"] and t["addition"]["met"]
     assert not t["orthogonalized_ce"]["met"]
     assert t["orthogonalized_ce"]["value"] == pytest.approx(0.1)
+
+
+def test_baseline_ce_scores_the_reference_answers(synthetic):
+    from refusal_lens.evaluation import evaluate_baseline
+    from refusal_lens.scoring import completion_cross_entropy
+
+    syn = synthetic.info["synthetic"]
+    harmful, harmless = syn.harmful[:2], syn.harmless[:2]
+    answers = ["Sure here is your answer", "Here is a list"]
+    base = evaluate_baseline(synthetic, harmful, harmless, max_new_tokens=4, progress=False,
+                             harmless_reference=answers, ce_tokens=3)
+    want = completion_cross_entropy(synthetic, harmless, answers, max_completion_tokens=3)
+    assert base.ce == pytest.approx(want["ce"]) and base.ce_text == answers
+    assert "reference" in base.ce_source
+    own = evaluate_baseline(synthetic, harmful, harmless, max_new_tokens=4, progress=False)
+    assert own.ce_text == own.harmless.completions and own.ce_source == "baseline completions"
+    with pytest.raises(ValueError, match="one per prompt"):
+        evaluate_baseline(synthetic, harmful, harmless, max_new_tokens=4, progress=False,
+                          harmless_reference=answers[:1])

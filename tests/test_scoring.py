@@ -82,3 +82,6 @@ def test_completion_cross_entropy(synthetic):
     assert abl["ce"] < bad["ce"] and abl["kl"] > 0.1
     with pytest.raises(ValueError):
         completion_cross_entropy(synthetic, instr, ["x"])
+    cut = completion_cross_entropy(synthetic, instr, ["I cannot help with that"] * 3,
+                                   max_completion_tokens=2)
+    assert cut["n_tokens"] == 6
