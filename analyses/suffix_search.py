@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=16 if FAST else 100)
     p.add_argument("--n-random", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--direction", default="runs/embedded/direction.json",
+                   help="the pipeline's direction metadata; its layer and position are recorded "
+                        "with the suffix for the suffix analyses")
     p.add_argument("--direction-layer", type=int, default=20,
-                   help="layer recorded for the suffix analyses when no pipeline direction exists")
+                   help="layer recorded when --direction does not exist")
     p.add_argument("--out", default="figures/suffix_effect")
     args = p.parse_args(argv)
 
@@ -70,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
             from refusal_lens import embedded
 
             entry["model_info"]["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
-        entry["direction"] = {"layer": args.direction_layer, "position": -1}
+        meta = Path(args.direction)
+        if meta.is_file():
+            d = json.loads(meta.read_text())
+            entry["direction"] = {"layer": d["layer"], "position": d["position"],
+                                  "source": str(meta)}
+        else:
+            entry["direction"] = {"layer": args.direction_layer, "position": -1}
         print(f"suffix {res.suffix!r}: loss {res.loss:.3f} after {res.steps_run} steps, "
               f"{res.seconds:.0f} s", file=sys.stderr)
     else:

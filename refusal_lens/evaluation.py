@@ -184,10 +184,14 @@ def evaluate_direction(
         "baseline": {"ce": baseline.ce, "kl": 0.0}}
     kw = dict(judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
 
+    seconds: dict[str, float] = {}
+
     def capab(name: str, m: "LensModel", hooks) -> None:
+        t = time.perf_counter()
         out = completion_cross_entropy(m, harmless, ref_c, hooks, batch_size, baseline.last_logits,
                                        max_completion_tokens=CE_TOKENS)
         capability[name] = {"ce": out["ce"], "kl": out["kl"]}
+        seconds[f"ce_{name}"] = time.perf_counter() - t
 
     for name, vec in (("ablation", direction.vector), ("random_ablation", rand)):
         hooks = ablation_hooks(model, vec)
@@ -205,12 +209,16 @@ def evaluate_direction(
         else:
             for name, vec in (("orthogonalized", direction.vector),
                               ("random_orthogonalized", rand)):
+                t = time.perf_counter()
                 om = orthogonalize(model, vec)
+                seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
                 arms.append(_arm(om, name, "harmful", harmful, [], **kw))
                 if name == "orthogonalized":  # the random twin's CE equals random_ablation's
                     capab(name, om, [])
                 del om
+    seconds |= {f"generate_{a.name}": a.seconds for a in arms}
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "random_norm": float(rand.norm()), "direction_norm": direction.norm}
 
 
@@ -236,7 +244,7 @@ def summarize(baseline: BaselineEval, per_seed: Sequence[dict[str, Any]],
         d = decide({k: v["rate"] for k, v in rates.items()})
         decisions.append(d)
         seeds.append({"seed": r["seed"], "rates": rates, "capability": r["capability"],
-                      "decision": d, "notes": r["notes"]})
+                      "decision": d, "notes": r["notes"], "seconds": r.get("seconds", {})})
     pooled_decision = decide({k: v["rate"] for k, v in pooled.items()})
     verdicts = {d["verdict"] for d in decisions}
     if "NO-BASELINE-REFUSAL" in verdicts:
