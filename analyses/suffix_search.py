@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,6 +23,16 @@ from refusal_lens.suffixes import (GCGConfig, gcg_search, measure_effect, random
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 SHIPPED = Path(__file__).resolve().parents[1] / "refusal_lens" / "data" / "suffixes.json"
+
+
+def replay_command(args: argparse.Namespace, cfg: GCGConfig, steps: int) -> str:
+    """A command that replays this search step for step (no time cap, explicit start)."""
+    parts = ["python analyses/suffix_search.py --search", f"--model {args.model}",
+             f"--n-prompts {args.n_prompts}", f"--steps {steps}", f"--suffix-len {cfg.n_tokens}",
+             f"--topk {cfg.topk}", f"--batch {cfg.batch}", f"--seed {cfg.seed}",
+             f"--target {shlex.quote(cfg.target)}", "--no-early-stop" if not cfg.early_stop else "",
+             f"--init {shlex.quote(cfg.init)}" if cfg.init else "", "--max-minutes 1e9"]
+    return " ".join(p for p in parts if p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and record that effect in the shipped entry")
     p.add_argument("--init-shipped", action="store_true",
                    help="start the search from the shipped suffix instead of a random one")
+    p.add_argument("--init", default=None, help="start the search from this suffix text")
     p.add_argument("--n-test", type=int, default=16 if FAST else 100)
     p.add_argument("--n-random", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -62,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk,
                         batch=args.batch, target=args.target, seed=args.seed,
                         max_seconds=60 * args.max_minutes, early_stop=not args.no_early_stop,
-                        init=data.get(args.model, {}).get("suffix") if args.init_shipped else None)
+                        init=args.init or (data.get(args.model, {}).get("suffix")
+                                           if args.init_shipped else None))
         res = gcg_search(model, prompts, cfg)
         entry = {k: v for k, v in res.to_dict().items() if k not in ("extra",)}
         entry["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
+        entry["reproduce"] = replay_command(args, cfg, res.steps_run)
         entry["model"] = model.name
         entry["model_info"] = {k: model.info.get(k) for k in ("gguf_sha256", "card") if k in
                                model.info}

@@ -119,10 +119,10 @@ def bench_memory(ns=(64, 512)) -> dict:
 
 
 def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
-    """Plain vs hook ablation vs orthogonalized weights; KV cache vs none (batch of 16)."""
+    """Plain vs hook ablation / addition vs orthogonalized weights; KV cache vs none (batch of 16)."""
     from refusal_lens.directions import random_like
     from refusal_lens.generation import generate
-    from refusal_lens.interventions import ablation_hooks
+    from refusal_lens.interventions import ablation_hooks, addition_hooks
     from refusal_lens.orthogonalize import orthogonalize
 
     d = random_like(torch.ones(model.d_model, dtype=torch.float64), seed=0)
@@ -130,14 +130,17 @@ def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
     kw = dict(max_new_tokens=new_tokens, batch_size=16, progress=False)
     plain_s, _ = timed(lambda: generate(model, prompts, **kw))
     hook_s, _ = timed(lambda: generate(model, prompts, ablation_hooks(model, d), **kw))
+    add_s, _ = timed(lambda: generate(model, prompts, addition_hooks(model, d, model.n_layers // 2),
+                                      **kw))
     ortho_s, _ = timed(lambda: generate(ortho, prompts, **kw))
     nocache_s, _ = timed(lambda: generate(model, prompts, use_cache=False, **kw))
     return {
         "batch": len(prompts), "new_tokens": new_tokens,
-        "plain_s": plain_s, "hook_ablation_s": hook_s, "orthogonalized_s": ortho_s,
+        "plain_s": plain_s, "hook_ablation_s": hook_s, "hook_addition_s": add_s,
+        "orthogonalized_s": ortho_s,
         "no_kv_cache_s": nocache_s,
         "orthogonalized_over_plain": ortho_s / plain_s,
-        "hook_over_plain": hook_s / plain_s,
+        "hook_over_plain": hook_s / plain_s, "addition_over_plain": add_s / plain_s,
         "kv_cache_speedup": nocache_s / plain_s,
     }
 

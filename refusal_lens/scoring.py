@@ -219,15 +219,20 @@ def completion_cross_entropy(
             target[i, last[i]: width - 1] = True
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = model.device
+        # Rows are right-aligned, so every scored position (and each prompt's last one) lies in
+        # the final ``keep`` positions: only those go through the unembedding.
+        keep = max(len(c) for _, c in rows) + 1
+        start = width - keep
         with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
             logits = model.hf_model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                    position_ids=pos.to(dev), use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1].to(torch.float64), -1)
-        nll = -logp.gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1)
-        sel = target[:, :-1].to(dev)
-        total += float(nll[sel].sum())
+                                    position_ids=pos.to(dev), use_cache=False,
+                                    logits_to_keep=keep).logits.float()
+        sel = target[:, start:-1].to(dev)
+        logp = torch.log_softmax(logits[:, :-1][sel].to(torch.float64), -1)
+        nll = -logp.gather(-1, ids[:, start + 1:].to(dev)[sel][:, None]).squeeze(-1)
+        total += float(nll.sum())
         count += int(sel.sum())
-        lasts.append(logits[torch.arange(len(rows)), last.to(dev)].cpu())
+        lasts.append(logits[torch.arange(len(rows)), (last - start).to(dev)].cpu())
     last_all = torch.cat(lasts)
     out = {"ce": total / count if count else float("nan"), "n_tokens": count,
            "last_logits": last_all}

@@ -85,3 +85,25 @@ def test_completion_cross_entropy(synthetic):
     cut = completion_cross_entropy(synthetic, instr, ["I cannot help with that"] * 3,
                                    max_completion_tokens=2)
     assert cut["n_tokens"] == 6
+
+
+def test_completion_cross_entropy_matches_unbatched(synthetic):
+    """Batched, right-aligned, unembedding only the kept positions == one prompt at a time."""
+    syn = synthetic.info["synthetic"]
+    instr = syn.harmless[:3]
+    comps = ["Sure here is your answer", "Here", ""]
+    got = completion_cross_entropy(synthetic, instr, comps, batch_size=3)
+    tok, nll, n, lasts = synthetic.tokenizer, 0.0, 0, []
+    for p, c in zip(synthetic.format(instr), comps):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"] if c else []
+        with torch.no_grad():
+            logits = synthetic.hf_model(input_ids=torch.tensor([p_ids + c_ids])).logits[0].double()
+        logp = torch.log_softmax(logits, -1)
+        for j, t in enumerate(c_ids):
+            nll -= float(logp[len(p_ids) - 1 + j, t])
+        n += len(c_ids)
+        lasts.append(logits[len(p_ids) - 1].float())
+    assert got["n_tokens"] == n
+    assert got["ce"] == pytest.approx(nll / n, abs=1e-4)
+    torch.testing.assert_close(got["last_logits"], torch.stack(lasts), atol=1e-4, rtol=1e-4)
