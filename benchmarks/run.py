@@ -91,13 +91,25 @@ import os, resource, sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 import refusal_lens as rl
 from refusal_lens.datasets import load_pools
+
+
+def peak_kb():
+    # VmHWM belongs to this process's own address space (reset by exec); getrusage's
+    # ru_maxrss survives exec and would report the parent's peak at fork time.
+    try:
+        with open("/proc/self/status") as fh:
+            return int(next(l for l in fh if l.startswith("VmHWM:")).split()[1])
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 m = rl.load_model("embedded")
 base = [r["instruction"] for r in load_pools()[1]][:64]
 n = int(sys.argv[1])
 prompts = (base * (n // len(base) + 1))[:n]  # same length distribution for every N
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_kb()
 m.resid_means(prompts, batch_size=32, progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 print(before, after)
 """
 
