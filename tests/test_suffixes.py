@@ -78,6 +78,19 @@ def test_gcg_lowers_loss_on_synthetic(synthetic):
     assert res.in_context_ok and in_context_ok(synthetic, prompts, res.suffix)
 
 
+def test_gcg_is_deterministic_and_replays_from_init(synthetic):
+    """Same seed -> same search; a search continued from its result with the same seed keeps
+    improving from there (what the shipped entry's ``reproduce`` command relies on)."""
+    prompts = synthetic.info["synthetic"].harmful[:2]
+    cfg = GCGConfig(n_tokens=4, steps=3, topk=8, batch=16, target="Sure here is", seed=0,
+                    early_stop=False)
+    a = gcg_search(synthetic, prompts, cfg, progress=False)
+    b = gcg_search(synthetic, prompts, cfg, progress=False)
+    assert a.ids == b.ids and a.losses == b.losses
+    c = gcg_search(synthetic, prompts, cfg, progress=False, init=a.suffix)
+    assert c.config["init"] == a.suffix and c.losses[0] == pytest.approx(a.loss, abs=1e-5)
+
+
 def test_gcg_errors(synthetic):
     with pytest.raises(ValueError, match="at least one"):
         gcg_search(synthetic, [], steps=1, progress=False)
