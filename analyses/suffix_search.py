@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     splits = load_splits(seed=0)
     data = json.loads(SHIPPED.read_text()) if SHIPPED.is_file() else {}
+    command = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
+    adapter: dict[str, str] = {}
+    if model.info.get("organism"):
+        from refusal_lens import embedded
+
+        adapter["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
     if args.search:
         prompts = refused_prompts(model, splits.harmful_train, args.n_prompts)
         cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk,
@@ -78,15 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                                            if args.init_shipped else None))
         res = gcg_search(model, prompts, cfg)
         entry = {k: v for k, v in res.to_dict().items() if k not in ("extra",)}
-        entry["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
+        entry["command"] = command
         entry["reproduce"] = replay_command(args, cfg, res.steps_run)
         entry["model"] = model.name
         entry["model_info"] = {k: model.info.get(k) for k in ("gguf_sha256", "card") if k in
-                               model.info}
-        if model.info.get("organism"):
-            from refusal_lens import embedded
-
-            entry["model_info"]["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
+                               model.info} | adapter
         meta = Path(args.direction)
         if meta.is_file():
             d = json.loads(meta.read_text())
@@ -108,11 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in effect.items() if k != "refused_without_suffix"},
                      indent=2))
     if args.search or args.record:
-        if model.info.get("organism"):
-            from refusal_lens import embedded
-
-            effect["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
-        effect["command"] = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
+        effect |= adapter
+        effect["command"] = command
         entry["effect"] = effect
         data[args.model] = entry
         atomic_write_text(SHIPPED, json.dumps(data, indent=2) + "\n")
