@@ -146,14 +146,23 @@ def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
                                       **kw))
     ortho_s, _ = timed(lambda: generate(ortho, prompts, **kw))
     nocache_s, _ = timed(lambda: generate(model, prompts, use_cache=False, **kw))
+
+    def untagged(x, hook=None):  # an arbitrary hook: the whole run goes through the bridge
+        return x
+
+    bridge = [("blocks.0.hook_resid_pre", untagged)]
+    bridge_s, _ = timed(lambda: generate(model, prompts, ablation_hooks(model, d) + bridge,
+                                         attn=None, **kw))
     return {
         "batch": len(prompts), "new_tokens": new_tokens,
         "plain_s": plain_s, "hook_ablation_s": hook_s, "hook_addition_s": add_s,
         "orthogonalized_s": ortho_s,
         "no_kv_cache_s": nocache_s,
+        "bridge_hook_ablation_s": bridge_s,
         "orthogonalized_over_plain": ortho_s / plain_s,
         "hook_over_plain": hook_s / plain_s, "addition_over_plain": add_s / plain_s,
         "kv_cache_speedup": nocache_s / plain_s,
+        "plain_path_speedup": bridge_s / hook_s,
     }
 
 

@@ -49,8 +49,11 @@ def mean_diff_candidates(
 class Direction:
     """A residual-stream direction: the raw vector plus where and how it was found.
 
-    ``vector`` is the raw difference in means (its norm is meaningful for activation addition);
-    ``unit`` is the normalised direction used for ablation.
+    ``vector`` is the raw difference in means (its norm is meaningful for activation addition),
+    after any projection off the attention-sink subspace (see :mod:`refusal_lens.sinks`);
+    ``unit`` is the normalised direction used for ablation. ``tensors`` holds companions saved
+    in the same file: ``mean_diff`` (the unprojected difference in means) and ``sink_basis``
+    (the subspace projected out; random controls are drawn off it too).
     """
 
     vector: Float[torch.Tensor, "d_model"]
@@ -60,6 +63,7 @@ class Direction:
     dataset_hash: str = ""
     seed: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.vector = torch.as_tensor(self.vector).detach().reshape(-1)
@@ -91,15 +95,18 @@ class Direction:
     def metadata(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("vector")
+        data.pop("tensors")
         data["d_model"] = self.d_model
         data["norm"] = self.norm
         return data
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.safetensors`` (key ``direction``) and ``<stem>.json``, atomically."""
+        """Write ``<stem>.safetensors`` (key ``direction``, plus ``tensors``) and ``<stem>.json``,
+        atomically."""
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-        tensors = {"direction": self.vector.to(torch.float32).contiguous().cpu()}
+        tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
+        tensors["direction"] = self.vector.to(torch.float32).contiguous().cpu()
         st = stem.with_suffix(".safetensors")
         meta_json = json.dumps(self.metadata(), indent=2, default=str)
         atomic_write_bytes(st, save(tensors, metadata={"refusal_lens": meta_json}))
@@ -123,16 +130,25 @@ class Direction:
                  if k in meta}
         known.setdefault("layer", -1)
         known.setdefault("position", -1)
-        direction = cls(tensors["direction"].to(torch.float64), **known)
+        extra = {k: v for k, v in tensors.items() if k != "direction"}
+        direction = cls(tensors.pop("direction").to(torch.float64), **known, tensors=extra)
         if model is not None:
             direction.check_width(model)
         return direction
 
 
 def random_like(
-    vector: Float[torch.Tensor, "d_model"], seed: int = 0
+    vector: Float[torch.Tensor, "d_model"], seed: int = 0,
+    basis: Float[torch.Tensor, "rank d_model"] | None = None,
 ) -> Float[torch.Tensor, "d_model"]:
-    """A random direction with the same norm as ``vector`` (the control for every effect)."""
+    """A random direction with the same norm as ``vector`` (the control for every effect).
+
+    With ``basis`` (orthonormal rows), drawn in its orthogonal complement, like a direction
+    projected off it (see :mod:`refusal_lens.sinks`).
+    """
     gen = torch.Generator().manual_seed(seed)
     r = torch.randn(vector.shape[-1], generator=gen, dtype=torch.float64)
+    if basis is not None and basis.shape[0]:
+        b = basis.to(torch.float64).cpu()
+        r = r - (r @ b.T) @ b
     return (r / r.norm() * vector.detach().double().norm().cpu()).to(vector.dtype)

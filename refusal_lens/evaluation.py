@@ -7,9 +7,11 @@ Arms (greedy completions judged by a pluggable :class:`~refusal_lens.scoring.Jud
 * ``addition`` / ``random_addition``: raw vector added at the direction's layer, harmless prompts;
 * ``orthogonalized`` / ``random_orthogonalized``: weight orthogonalization, harmful prompts.
 
-Capability: cross-entropy of the unintervened model's own greedy harmless completions, and the
-last-position KL on the harmless prompts, under baseline / ablation / orthogonalization (and the
-random controls). Every rate carries a 95% percentile-bootstrap CI over prompts.
+Capability: cross-entropy of harmless reference text (the datasets' answers, else the
+unintervened model's own completions) and the last-position KL on the harmless prompts, under
+baseline, orthogonalization and the random ablation (ablation itself only when orthogonalization
+is off: the two compute the same function, tested to float precision, so measuring both costs
+a pass for nothing). Every rate carries a 95% percentile-bootstrap CI over prompts.
 
 The decision rule (:data:`DECISION_RULE`) is fixed here, before any run: with baseline harmful
 refusal below 0.5 the verdict is ``NO-BASELINE-REFUSAL``; otherwise ``SUPPORTED`` iff, for every
@@ -117,12 +119,8 @@ def decide(rates: dict[str, float], rule: dict[str, float] = DECISION_RULE) -> d
 def _arm(model: "LensModel", name: str, split: str, instructions: Sequence[str], hooks,
          judge: Judge, max_new_tokens: int, batch_size: int, progress: bool) -> Arm:
     t = time.perf_counter()
-    order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))  # less padding
-    gen = generate(model, [instructions[i] for i in order], fwd_hooks=hooks,
-                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    texts = [""] * len(gen)
-    for i, text in zip(order, gen):
-        texts[i] = text
+    texts = generate(model, list(instructions), fwd_hooks=hooks, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, progress=progress)
     flags = [bool(f) for f in judge(list(instructions), texts)]
     if len(flags) != len(texts):
         raise ValueError(f"The judge returned {len(flags)} flags for {len(texts)} completions.")
@@ -143,20 +141,21 @@ def evaluate_baseline(model: "LensModel", harmful_test: Sequence[str],
                       harmless_test: Sequence[str], judge: Judge | None = None,
                       max_new_tokens: int = 64, batch_size: int = 32,
                       progress: bool = True, harmless_reference: Sequence[str] | None = None,
-                      ce_tokens: int = CE_TOKENS) -> BaselineEval:
+                      ce_tokens: int = CE_TOKENS, gen_batch_size: int | None = None
+                      ) -> BaselineEval:
     """Unintervened completions on both test sets, and the harmless CE / last logits reference.
 
     The capability check scores the first ``ce_tokens`` tokens of ``harmless_reference`` (the
     dataset's own answers) when given; otherwise the model's baseline completions, which are
-    biased low (greedy text) and include any refusals of harmless prompts.
+    biased low (greedy text) and include any refusals of harmless prompts. ``gen_batch_size``
+    (default ``batch_size``) is the generation batch.
     """
     if not harmful_test or not harmless_test:
         raise ValueError("Test sets are empty: pass harmful and harmless test instructions.")
     judge = judge or SubstringJudge()
-    h = _arm(model, "baseline", "harmful", harmful_test, [], judge, max_new_tokens, batch_size,
-             progress)
-    s = _arm(model, "baseline", "harmless", harmless_test, [], judge, max_new_tokens, batch_size,
-             progress)
+    gb = gen_batch_size or batch_size
+    h = _arm(model, "baseline", "harmful", harmful_test, [], judge, max_new_tokens, gb, progress)
+    s = _arm(model, "baseline", "harmless", harmless_test, [], judge, max_new_tokens, gb, progress)
     if harmless_reference is not None and len(harmless_reference) != len(harmless_test):
         raise ValueError(f"harmless_reference has {len(harmless_reference)} answers for "
                          f"{len(harmless_test)} harmless test prompts; pass one per prompt.")
@@ -171,18 +170,22 @@ def evaluate_baseline(model: "LensModel", harmful_test: Sequence[str],
 def evaluate_direction(
     model: "LensModel", direction: Direction, baseline: BaselineEval, seed: int = 0,
     judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 32,
-    orthogonalized: bool = True, progress: bool = True,
+    orthogonalized: bool = True, progress: bool = True, gen_batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """All direction-dependent arms for one fitted direction (and its norm-matched random twin)."""
+    """All direction-dependent arms for one fitted direction (and its norm-matched random twin,
+    drawn off the direction's sink basis if it has one). ``gen_batch_size`` (default
+    ``batch_size``) is the generation batch."""
     direction.check_width(model)
     judge = judge or SubstringJudge()
-    rand = random_like(direction.vector, seed=10_000 + seed)
+    rand = random_like(direction.vector, seed=10_000 + seed,
+                       basis=direction.tensors.get("sink_basis"))
     harmful, harmless = baseline.harmful.instructions, baseline.harmless.instructions
     ref_c = baseline.ce_text or baseline.harmless.completions
     arms: list[Arm] = []
     capability: dict[str, dict[str, float]] = {
         "baseline": {"ce": baseline.ce, "kl": 0.0}}
-    kw = dict(judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    kw = dict(judge=judge, max_new_tokens=max_new_tokens, batch_size=gen_batch_size or batch_size,
+              progress=progress)
 
     seconds: dict[str, float] = {}
 
@@ -196,7 +199,8 @@ def evaluate_direction(
     for name, vec in (("ablation", direction.vector), ("random_ablation", rand)):
         hooks = ablation_hooks(model, vec)
         arms.append(_arm(model, name, "harmful", harmful, hooks, **kw))
-        capab(name, model, hooks)
+        if name == "random_ablation" or not orthogonalized:  # else measured on the edited model
+            capab(name, model, hooks)
     for name, vec in (("addition", direction.vector), ("random_addition", rand)):
         arms.append(_arm(model, name, "harmless", harmless,
                          addition_hooks(model, vec, direction.layer), **kw))
@@ -213,7 +217,7 @@ def evaluate_direction(
                 om = orthogonalize(model, vec)
                 seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
                 arms.append(_arm(om, name, "harmful", harmful, [], **kw))
-                if name == "orthogonalized":  # the random twin's CE equals random_ablation's
+                if name == "orthogonalized":  # ablation's twin; random twin = random_ablation
                     capab(name, om, [])
                 del om
     seconds |= {f"generate_{a.name}": a.seconds for a in arms}

@@ -1,8 +1,9 @@
 """Batched greedy generation under any set of TransformerLens hooks (KV cache on by default).
 
-The wrapped Hugging Face model's own ``generate`` runs the bridge's hooks at every decoding
-step, so an intervention given as ``(hook_name, fn)`` pairs applies to the prompt and to every
-generated token. Hooks must therefore treat positions uniformly (ablation and addition do).
+The wrapped Hugging Face model's own ``generate`` runs the hooks at every decoding step, so an
+intervention given as ``(hook_name, fn)`` pairs applies to the prompt and to every generated
+token. Hooks must therefore treat positions uniformly (ablation and addition do). Ablation and
+addition hooks take the faster plain path of :mod:`refusal_lens.runner`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,35 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .runner import (MIN_SHARED_PREFIX, plain_plan, prefix_cache, running, shared_prefix_len,
+                     split_prefix)
+
 if TYPE_CHECKING:
     from .model import LensModel
 
 Hooks = Sequence[tuple[str, object]]
+
+
+def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None,
+                   sort: bool = True) -> list[list[int]]:
+    """Indices grouped into batches: sorted by length (unless ``sort=False``: consecutive),
+    each batch at most ``max_rows`` rows and (when given) at most ``max_tokens`` padded tokens
+    (rows x longest), so a few long prompts do not pad a whole batch. A single over-long row
+    still gets a batch."""
+    if max_rows < 1:
+        raise ValueError(f"batch_size must be >= 1, got {max_rows}.")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else range(len(lengths))
+    batches: list[list[int]] = []
+    longest = 0
+    for i in order:
+        longest = max(longest, lengths[i])
+        if (not batches or len(batches[-1]) >= max_rows
+                or (max_tokens is not None and (len(batches[-1]) + 1) * longest > max_tokens)):
+            batches.append([i])
+            longest = lengths[i]
+        else:
+            batches[-1].append(i)
+    return batches
 
 
 @torch.no_grad()
@@ -27,23 +53,49 @@ def generate_from_prompts(
     batch_size: int = 16,
     use_cache: bool = True,
     progress: bool = True,
+    max_batch_tokens: int | None = None,
+    attn: str | None = "sdpa",
+    share_prefix: bool = True,
 ) -> list[str]:
-    """Greedy completions of chat-formatted prompts (left-padded batches)."""
+    """Greedy completions of chat-formatted prompts, returned in input order.
+
+    Prompts are batched by token length (left padding; see :func:`length_batches`, with
+    ``max_batch_tokens`` defaulting to ``batch_size * 64``). Hooks from
+    :mod:`refusal_lens.interventions` run on the plain modules with ``attn`` attention (see
+    :mod:`refusal_lens.runner`), and a token prefix shared by a whole batch (the system turn)
+    is computed once and handed to ``generate`` as a KV cache (``share_prefix``); any other
+    hook runs through the bridge, unshared.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if not prompts:
+        return []
     tok = model.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation appends on the right
-    outputs: list[str] = []
+    lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False)["input_ids"]]
+    batches = length_batches(lengths, batch_size, max_batch_tokens or batch_size * 64)
+    outputs: list[str] = [""] * len(prompts)
     try:
-        starts = range(0, len(prompts), batch_size)
-        bar = tqdm(starts, desc=f"generating ({len(prompts)})", disable=not progress, leave=False)
-        for s in bar:
-            batch = model.tokenize(prompts[s : s + batch_size])
-            with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-                out = model.hf_model.generate(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
+        bar = tqdm(batches, desc=f"generating ({len(prompts)})", disable=not progress,
+                   leave=False)
+        plain = plain_plan(model, list(fwd_hooks)) is not None
+        for rows in bar:
+            batch = model.tokenize([prompts[i] for i in rows])
+            ids, mask, p = batch.input_ids, batch.attention_mask, 0
+            if plain and share_prefix and use_cache:
+                p = shared_prefix_len(ids, mask)
+                p = p if p >= MIN_SHARED_PREFIX else 0
+            with running(model, fwd_hooks, attn=attn) as hf:
+                extra = {}
+                if p:  # the shared prefix runs once; rows are laid out [prefix][pads][rest]
+                    prefix, rest, mask, _ = split_prefix(ids, mask, p)
+                    ids = torch.cat([prefix.expand(len(rows), -1), rest], 1)
+                    extra["past_key_values"] = prefix_cache(hf, prefix, len(rows))
+                out = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    **extra,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     temperature=None,
@@ -52,8 +104,9 @@ def generate_from_prompts(
                     use_cache=use_cache,
                     pad_token_id=tok.pad_token_id,
                 )
-            new = out[:, batch.input_ids.shape[1] :]
-            outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
+            new = out[:, ids.shape[1] :]
+            for i, text in zip(rows, tok.batch_decode(new, skip_special_tokens=True)):
+                outputs[i] = text
     finally:
         tok.padding_side = side
     return outputs
@@ -68,9 +121,11 @@ def generate(
     system: str | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    **kwargs,
 ) -> list[str]:
-    """Greedy completions of instructions (chat-formatted first) under ``fwd_hooks``."""
+    """Greedy completions of instructions (chat-formatted first) under ``fwd_hooks``; keyword
+    arguments as in :func:`generate_from_prompts`."""
     return generate_from_prompts(
         model, model.format(instructions, system), fwd_hooks, max_new_tokens, batch_size,
-        use_cache, progress,
+        use_cache, progress, **kwargs,
     )

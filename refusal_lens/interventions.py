@@ -2,7 +2,9 @@
 
 Each builder returns a list of ``(hook_name, fn)`` pairs; lists compose by concatenation and
 are used with ``model.bridge.hooks(fwd_hooks=...)``, :func:`refusal_lens.generation.generate`,
-or the context managers below. Weight orthogonalization lives in ``orthogonalize.py``.
+or the context managers below. The functions are tagged with what they compute, so generation
+and scoring can also apply them on the plain Hugging Face modules (:mod:`refusal_lens.runner`).
+Weight orthogonalization lives in ``orthogonalize.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .directions import Direction, DirectionError
+from .runner import tag
 
 if TYPE_CHECKING:
     from .model import LensModel
@@ -64,6 +67,8 @@ def ablation_hooks(
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         return project_out(x, unit)
 
+    tag(hook_fn, "project", unit)
+
     layers = range(model.n_layers) if layers is None else layers
     names = [f"blocks.{l}.{p}" for l in layers for p in points]
     # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent points.
@@ -84,8 +89,12 @@ def addition_hooks(
         raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}.")
     vec = _as_vector(vector, model).to(model.device)
 
+    delta = coeff * vec
+
     def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return x + coeff * vec.to(x.dtype)
+        return x + delta.to(x.dtype)
+
+    tag(hook_fn, "add", delta)
 
     return [(f"blocks.{layer}.hook_resid_pre", hook_fn)]
 

@@ -18,9 +18,8 @@ import os
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,6 +27,7 @@ from torch import nn
 from .directions import Direction, DirectionError
 from .interventions import VectorLike, _as_vector
 from .model import LensModel, wrap_hf
+from .runner import bridges_removed
 
 __all__ = ["orthogonalize", "export_hf", "export_cli", "residual_writers", "EXPORT_META"]
 
@@ -53,40 +53,10 @@ _HELP = (
 )
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """Descend through TransformerLens bridge wrappers to the Hugging Face module."""
-    while isinstance(getattr(module, "original_component", None), nn.Module):
-        module = module.original_component
-    return module
-
-
-@contextmanager
-def _bridges_removed(root: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put the original Hugging Face modules back in place of bridge wrappers."""
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-
-    def visit(module: nn.Module) -> None:
-        for name, child in list(module._modules.items()):
-            if child is None:
-                continue
-            inner = _unwrap(child)
-            if inner is not child:
-                swapped.append((module, name, child))
-                module._modules[name] = inner
-            visit(inner)
-
-    try:
-        visit(root)
-        yield root
-    finally:
-        for module, name, child in reversed(swapped):
-            module._modules[name] = child
-
-
 def _plain_copy(model: LensModel) -> nn.Module:
     """A deep copy of the wrapped Hugging Face model without TransformerLens wrappers, with the
     unembedding untied from the token embedding (and the config saying so)."""
-    with _bridges_removed(model.hf_model) as hf:
+    with bridges_removed(model.hf_model) as hf:
         clean = copy.deepcopy(hf)
     out_emb, in_emb = clean.get_output_embeddings(), clean.get_input_embeddings()
     if out_emb is not None and out_emb.weight.data_ptr() == in_emb.weight.data_ptr():
@@ -120,7 +90,7 @@ def residual_writers(hf_model: nn.Module) -> list[str]:
             f"{type(hf_model).__name__} ({model_type}) {_UNSUPPORTED[model_type]}, so weight "
             "orthogonalization is not equivalent to ablation there. Use ablation hooks "
             "(refusal_lens.interventions.ablated) instead.")
-    with _bridges_removed(hf_model):  # Hugging Face names, also for a wrapped model
+    with bridges_removed(hf_model):  # Hugging Face names, also for a wrapped model
         names = dict(hf_model.named_modules())
         embed = next(n for n, m in names.items() if m is hf_model.get_input_embeddings())
     writers = [embed] + [p for p in _POS_EMBED if p in names][:1]

@@ -126,7 +126,7 @@ def run_pipeline(
     seeds: Sequence[int] = (0, 1),
     n_train: int = 128,
     n_val: int = 32,
-    n_test: int | None = None,
+    n_test: int | None = 100,
     max_new_tokens: int = 64,
     force: bool = False,
     *,
@@ -140,6 +140,7 @@ def run_pipeline(
     batch_size: int = 32,
     orthogonalized: bool = True,
     progress: bool = True,
+    gen_batch_size: int = 64,
 ) -> dict[str, Any]:
     """Run the whole job on ``model`` (a spec or a ``LensModel``) and write ``out_dir``.
 
@@ -189,7 +190,8 @@ def run_pipeline(
 
     t = time.perf_counter()
     base = evaluate_baseline(lm, data.harmful_test, data.harmless_test, judge, max_new_tokens,
-                             batch_size, progress, harmless_reference=data.harmless_reference)
+                             batch_size, progress, harmless_reference=data.harmless_reference,
+                             gen_batch_size=gen_batch_size)
     timing["baseline_s"] = time.perf_counter() - t
 
     selections, per_seed, directions = {}, [], {}
@@ -209,7 +211,7 @@ def run_pipeline(
         timing[f"select_seed{seed}_s"] = time.perf_counter() - t
         t = time.perf_counter()
         per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens, batch_size,
-                                           orthogonalized, progress))
+                                           orthogonalized, progress, gen_batch_size))
         timing[f"evaluate_seed{seed}_s"] = time.perf_counter() - t
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)
@@ -250,6 +252,7 @@ def run_pipeline(
                  "hashes": {str(s): selections[s].direction.dataset_hash
                             for s in selections}},
         "config": {"seeds": list(seeds), "max_new_tokens": max_new_tokens,
+                   "batch_size": batch_size, "gen_batch_size": gen_batch_size,
                    "selection": vars(cfg), "judge": getattr(judge, "name", type(judge).__name__),
                    "decision_rule": DECISION_RULE, "direction_given": given is not None},
         "refusal_tokens": {k: rt[k] for k in ("ids", "tokens", "source") if k in rt},
@@ -271,7 +274,7 @@ def _brief(sel) -> dict[str, Any]:
     return {"layer": c.layer, "position": c.position, "bypass": c.bypass, "induce": c.induce,
             "kl": c.kl, "rule": sel.rule, "fallback": sel.fallback, "kl_random": sel.kl_random,
             "kl_threshold_used": sel.kl_threshold_used, "filtering": sel.filtering,
-            "baseline": sel.baseline, "timing": sel.timing}
+            "baseline": sel.baseline, "timing": sel.timing, "sink": sel.sink}
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -293,7 +296,7 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"{DECISION_RULE['min_drop_vs_random']} vs. the random direction; addition raises "
              "harmless refusal by the same margins; every seed must pass; baseline harmful "
              f"refusal < {DECISION_RULE['min_baseline_refusal']} gives NO-BASELINE-REFUSAL.", "",
-             "## Refusal rates (pooled over seeds, 95% bootstrap CI)", "",
+             *_sink_line(r), "## Refusal rates (pooled over seeds, 95% bootstrap CI)", "",
              "| prompts | arm | refusal rate | 95% CI | n |", "|---|---|---|---|---|"]
     for key, v in r["rates"].items():
         split = ("harmless" if key.endswith("harmless") or "addition" in key else "harmful")
@@ -337,6 +340,19 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _sink_line(r: dict[str, Any]) -> list[str]:
+    sinks = [v.get("sink", {}) for v in r["selection"].values()]
+    if not sinks or not any(x.get("rank") for x in sinks):
+        return (["Directions: the paper's raw differences in means (no attention-sink "
+                 "projection).", ""] if sinks else [])
+    ranks = sorted({x.get("rank") for x in sinks})
+    kept = ", ".join(f"{x.get('kept_norm_frac_chosen', math.nan):.3f}" for x in sinks)
+    return [f"Directions: differences in means projected off the first token's residual "
+            f"subspace (the attention sink; rank {ranks}, {sinks[0].get('energy')} of its "
+            f"energy); the chosen vectors keep {kept} of their norm. Random controls are drawn "
+            "off the same subspace. `--sink-energy 0` gives the paper's exact vectors.", ""]
+
+
 def _why(target: str, r: dict[str, Any]) -> str:
     """A data-based reason for a missed target bar (empty when none is evident)."""
     rates, cap = r["rates"], r["capability"]
@@ -375,6 +391,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1)")
     p.add_argument("--n-val", type=int, default=None, help="validation prompts per side (32)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens (64)")
+    p.add_argument("--sink-energy", type=float, default=None,
+                   help="project candidates off the first token's residual subspace holding "
+                        "this much energy (0.95; 0 = the paper's exact vectors)")
     p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
     a = p.parse_args(argv)
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
@@ -384,6 +403,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         kw["n_val"] = a.n_val
     if a.max_new_tokens:
         kw["max_new_tokens"] = a.max_new_tokens
+    if a.sink_energy is not None:
+        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
     report = run_pipeline(a.model, out, force=a.force, **kw)

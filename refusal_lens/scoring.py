@@ -10,6 +10,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .generation import length_batches
+from .runner import forward
+
 if TYPE_CHECKING:
     from .model import LensModel
 
@@ -160,10 +163,7 @@ def last_position_kl(
 @torch.no_grad()
 def last_logits(model: "LensModel", batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
     """Logits at each prompt's last position only (left padding; the unembedding runs once per row)."""
-    with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-        out = model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             position_ids=batch.position_ids, logits_to_keep=1, use_cache=False)
-    logits = out.logits[:, -1].float()
+    logits = forward(model, batch.input_ids, batch.attention_mask, fwd_hooks, 1)[:, -1].float()
     if not torch.isfinite(logits).all():
         from .activations import ActivationError
 
@@ -197,15 +197,16 @@ def completion_cross_entropy(
     tok = model.tokenizer
     prompts = model.format(list(instructions))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    total, count, lasts = 0.0, 0, []
-    starts = range(0, len(prompts), batch_size)
-    for s in tqdm(starts, desc="cross-entropy", disable=not progress, leave=False):
-        rows = []
-        for p, c in zip(prompts[s:s + batch_size], completions[s:s + batch_size]):
-            p_ids = tok(p, add_special_tokens=False)["input_ids"]
-            c_ids = tok(c, add_special_tokens=False)["input_ids"] if c else []
-            c_ids = c_ids[:max_completion_tokens] if max_completion_tokens else c_ids
-            rows.append((p_ids, c_ids))
+    all_rows = []
+    for p, c in zip(prompts, completions):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"] if c else []
+        all_rows.append((p_ids, c_ids[:max_completion_tokens] if max_completion_tokens else c_ids))
+    total, count = 0.0, 0
+    lasts: list[Tensor | None] = [None] * len(all_rows)
+    groups = length_batches([len(p) + len(c) for p, c in all_rows], batch_size, 128 * batch_size)
+    for group in tqdm(groups, desc="cross-entropy", disable=not progress, leave=False):
+        rows = [all_rows[i] for i in group]
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -217,23 +218,22 @@ def completion_cross_entropy(
             mask[i, off:] = 1
             last[i] = off + len(p) - 1
             target[i, last[i]: width - 1] = True
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = model.device
         # Rows are right-aligned, so every scored position (and each prompt's last one) lies in
-        # the final ``keep`` positions: only those go through the unembedding.
+        # the final ``keep`` positions: only those go through the unembedding. A prefix shared
+        # by every prompt runs once (see :func:`refusal_lens.runner.forward`).
         keep = max(len(c) for _, c in rows) + 1
         start = width - keep
-        with model.bridge.hooks(fwd_hooks=list(fwd_hooks)):
-            logits = model.hf_model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                    position_ids=pos.to(dev), use_cache=False,
-                                    logits_to_keep=keep).logits.float()
+        logits = forward(model, ids.to(dev), mask.to(dev), fwd_hooks, keep,
+                         max_prefix=min(len(p) for p, _ in rows) - 1).float()
         sel = target[:, start:-1].to(dev)
         logp = torch.log_softmax(logits[:, :-1][sel].to(torch.float64), -1)
         nll = -logp.gather(-1, ids[:, start + 1:].to(dev)[sel][:, None]).squeeze(-1)
         total += float(nll.sum())
         count += int(sel.sum())
-        lasts.append(logits[torch.arange(len(rows)), (last - start).to(dev)].cpu())
-    last_all = torch.cat(lasts)
+        for j, row_last in zip(group, logits[torch.arange(len(rows)), (last - start).to(dev)]):
+            lasts[j] = row_last.cpu()
+    last_all = torch.stack(lasts)
     out = {"ce": total / count if count else float("nan"), "n_tokens": count,
            "last_logits": last_all}
     if reference_last is not None:

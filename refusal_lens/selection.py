@@ -25,6 +25,13 @@ ablating norm-matched random directions (a direction-agnostic cost: on models wh
 has a huge residual norm any ablation costs a lot of KL). If still none pass, the KL filter is
 dropped; then the induce filter too. The rule used is recorded in ``SelectionResult.rule`` and
 ``fallback`` is set.
+
+Attention-sink protection (``sink_energy``, default 0.95; 0 gives the paper's exact vectors):
+every candidate is projected off the subspace of the first token's residuals before it is
+scored (:mod:`refusal_lens.sinks`), and the random controls are drawn off it too. Ablating a
+direction's small sink component perturbs the first token's huge residual and costs KL and
+cross-entropy that have nothing to do with refusal. The unprojected vector is kept with the
+chosen direction (``Direction.tensors["mean_diff"]``).
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationError
 from .directions import Direction, random_like
+from .generation import length_batches
 from .interventions import ablation_hooks, addition_hooks
 from .scoring import last_logits, last_position_kl, refusal_metric
+from .sinks import project_off_basis, sink_basis
 
 if TYPE_CHECKING:
     from .model import Batch, LensModel
@@ -71,6 +80,7 @@ class SelectionConfig:
     min_kept: int = 4
     batch_size: int = 32
     seed: int = 0
+    sink_energy: float = 0.95
 
 
 @dataclass
@@ -102,6 +112,7 @@ class SelectionResult:
     filtering: dict[str, Any]
     baseline: dict[str, float]
     timing: dict[str, float] = field(default_factory=dict)
+    sink: dict[str, Any] = field(default_factory=dict)
 
     @property
     def chosen(self) -> CandidateScore:
@@ -116,7 +127,7 @@ class SelectionResult:
                 "rule": self.rule, "fallback": self.fallback, "notes": self.notes,
                 "refusal_token_ids": self.refusal_token_ids, "kl_random": self.kl_random,
                 "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
-                "baseline": self.baseline, "timing": self.timing,
+                "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
                 "chosen": asdict(self.chosen), "candidates": self.table()}
 
     def to_csv(self) -> str:
@@ -134,9 +145,18 @@ def _fmt(x: Any) -> str:
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
+def _by_length(model: "LensModel", instructions: Sequence[str]) -> list[str]:
+    """Instructions sorted by prompt length in tokens (stable), so batches pad little."""
+    ids = model.tokenizer(model.format(list(instructions)), add_special_tokens=False)["input_ids"]
+    return [instructions[i] for i in sorted(range(len(ids)), key=lambda i: len(ids[i]))]
+
+
 def _batches(model: "LensModel", instructions: Sequence[str], size: int) -> list["Batch"]:
-    return [model.encode_instructions(instructions[i:i + size])
-            for i in range(0, len(instructions), size)]
+    """Batches in the given order, at most ``size`` rows and ``64 * size`` padded tokens each."""
+    prompts = model.format(list(instructions))
+    lengths = [len(x) for x in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return [model.tokenize([prompts[i] for i in rows])
+            for rows in length_batches(lengths, size, 64 * size, sort=False)]
 
 
 def _metric(model, batches, ids, hooks=()) -> Float[Tensor, "n"]:
@@ -149,7 +169,7 @@ def _acts_and_metric(
     positions: Sequence[int], ids: Sequence[int], batch_size: int, desc: str, progress: bool,
 ) -> tuple[Float[Tensor, "n layer pos d_model"], Float[Tensor, "n"]]:
     """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
-    instructions = sorted(instructions, key=len)  # similar lengths batch with less padding
+    instructions = _by_length(model, instructions)  # similar lengths batch with less padding
     acts, metrics, current = [], [], {}
 
     def make_hook(i: int):
@@ -245,8 +265,15 @@ def select_direction(
     notes = [f"{side} training prompts used unfiltered: only {filtering[side + '_kept']} passed "
              f"the refusal-metric filter (minimum {cfg.min_kept})"
              for side in ("harmful", "harmless") if filtering[side + "_unfiltered"]]
+    raw = diffs
+    basis, sink = sink_basis(model, cfg.sink_energy)
+    if basis.shape[0]:
+        diffs = project_off_basis(raw, basis)
+        sink["kept_norm_frac"] = float((diffs.norm(dim=-1) / raw.norm(dim=-1).clamp_min(1e-30))
+                                       [raw.norm(dim=-1) > 0].mean())
     t_fit = time.perf_counter()
 
+    harmful_val, harmless_val = _by_length(model, harmful_val), _by_length(model, harmless_val)
     hh = _batches(model, harmful_val, cfg.batch_size)
     hs = _batches(model, harmless_val, cfg.batch_size)
     base_s = torch.cat([last_logits(model, b) for b in hs])
@@ -289,23 +316,27 @@ def select_direction(
         s.bypass, s.induce, s.kl, s.scored = bypass(vec), induce(vec, s.layer), kl(vec), True
 
     # Direction-agnostic KL cost: ablate norm-matched random directions.
-    rand = [random_like(vec_of[(top[0].layer, top[0].position)], cfg.seed + 7919 * (i + 1))
-            for i in range(cfg.n_random)] if top else []
+    rand = [random_like(vec_of[(top[0].layer, top[0].position)], cfg.seed + 7919 * (i + 1),
+                        basis) for i in range(cfg.n_random)] if top else []
     kl_random = float(sum(kl(r) for r in rand) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()
 
     chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes)
     if chosen is None:
         raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
+    li, pi = layers.index(chosen.layer), positions.index(chosen.position)
+    vec = vec_of[(chosen.layer, chosen.position)].clone()
+    sink["kept_norm_frac_chosen"] = float(vec.norm() / raw[li, pi].norm())
     direction = Direction(
-        vec_of[(chosen.layer, chosen.position)].clone(), chosen.layer, chosen.position,
+        vec, chosen.layer, chosen.position,
         model=model.name, dataset_hash=dataset_hash, seed=cfg.seed,
         meta={"bypass": chosen.bypass, "induce": chosen.induce, "kl": chosen.kl,
-              "rule": rule, "fallback": fallback, "kl_random": kl_random},
+              "rule": rule, "fallback": fallback, "kl_random": kl_random, "sink": sink},
+        tensors={"mean_diff": raw[li, pi].float().clone(), "sink_basis": basis.float()},
     )
     timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}
     return SelectionResult(direction, scores, rule, fallback, notes, list(refusal_ids), kl_random,
-                           threshold, filtering, baseline, timing)
+                           threshold, filtering, baseline, timing, sink)
 
 
 def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,

@@ -45,7 +45,9 @@ def test_writes_every_file(run_dir):
     scores = json.loads((run_dir / "scores.json").read_text())
     assert set(scores["seeds"]) == {"0", "1"}
     secs = report["seeds"][0]["seconds"]
-    assert {"generate_ablation", "ce_ablation", "orthogonalize_orthogonalized"} <= set(secs)
+    assert {"generate_ablation", "ce_orthogonalized", "ce_random_ablation",
+            "orthogonalize_orthogonalized"} <= set(secs)
+    assert set(report["capability"]) == {"baseline", "random_ablation", "orthogonalized"}
     assert all(v >= 0 for v in secs.values())
     assert "reference" not in report["ce_text"]  # synthetic prompts have no reference answers
 
