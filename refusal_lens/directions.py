@@ -12,6 +12,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save
 
 from .paths import atomic_write_bytes, atomic_write_text
+from .sinks import project_off_basis
 
 if TYPE_CHECKING:
     from .model import LensModel
@@ -148,7 +149,6 @@ def random_like(
     """
     gen = torch.Generator().manual_seed(seed)
     r = torch.randn(vector.shape[-1], generator=gen, dtype=torch.float64)
-    if basis is not None and basis.shape[0]:
-        b = basis.to(torch.float64).cpu()
-        r = r - (r @ b.T) @ b
+    if basis is not None:
+        r = project_off_basis(r, basis.cpu())
     return (r / r.norm() * vector.detach().double().norm().cpu()).to(vector.dtype)

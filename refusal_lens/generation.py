@@ -13,35 +13,13 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .runner import (MIN_SHARED_PREFIX, plain_plan, prefix_cache, running, shared_prefix_len,
-                     split_prefix)
+from .activations import length_batches
+from .runner import prefix_cache, running, split_prefix, usable_prefix
 
 if TYPE_CHECKING:
     from .model import LensModel
 
 Hooks = Sequence[tuple[str, object]]
-
-
-def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None,
-                   sort: bool = True) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length (unless ``sort=False``: consecutive),
-    each batch at most ``max_rows`` rows and (when given) at most ``max_tokens`` padded tokens
-    (rows x longest), so a few long prompts do not pad a whole batch. A single over-long row
-    still gets a batch."""
-    if max_rows < 1:
-        raise ValueError(f"batch_size must be >= 1, got {max_rows}.")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else range(len(lengths))
-    batches: list[list[int]] = []
-    longest = 0
-    for i in order:
-        longest = max(longest, lengths[i])
-        if (not batches or len(batches[-1]) >= max_rows
-                or (max_tokens is not None and (len(batches[-1]) + 1) * longest > max_tokens)):
-            batches.append([i])
-            longest = lengths[i]
-        else:
-            batches[-1].append(i)
-    return batches
 
 
 @torch.no_grad()
@@ -79,13 +57,10 @@ def generate_from_prompts(
     try:
         bar = tqdm(batches, desc=f"generating ({len(prompts)})", disable=not progress,
                    leave=False)
-        plain = plain_plan(model, list(fwd_hooks)) is not None
         for rows in bar:
             batch = model.tokenize([prompts[i] for i in rows])
-            ids, mask, p = batch.input_ids, batch.attention_mask, 0
-            if plain and share_prefix and use_cache:
-                p = shared_prefix_len(ids, mask)
-                p = p if p >= MIN_SHARED_PREFIX else 0
+            ids, mask = batch.input_ids, batch.attention_mask
+            p = usable_prefix(model, fwd_hooks, ids, mask) if share_prefix and use_cache else 0
             with running(model, fwd_hooks, attn=attn) as hf:
                 extra = {}
                 if p:  # the shared prefix runs once; rows are laid out [prefix][pads][rest]

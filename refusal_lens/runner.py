@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .model import LensModel
 
 __all__ = ["running", "forward", "tag", "plain_points", "plain_plan", "unwrap", "bridges_removed",
-           "shared_prefix_len", "split_prefix", "prefix_cache"]
+           "shared_prefix_len", "usable_prefix", "split_prefix", "prefix_cache"]
 
 def tag(fn: Callable, op: str, vector: Tensor) -> Callable:
     """Mark a hook function as ``x -> x - (x.u)u`` (``op="project"``, ``vector`` = unit u) or
@@ -201,9 +201,22 @@ def split_prefix(input_ids: Tensor, attention_mask: Tensor, p: int
     return prefix, rest, mask, pos
 
 
+def usable_prefix(model: "LensModel", hooks: Sequence, input_ids: Tensor, attention_mask: Tensor,
+                  max_prefix: int | None = None, keep: int = 1) -> int:
+    """How many leading tokens to run once for the whole batch: the shared prefix (at most
+    ``max_prefix``) when ``hooks`` take the plain path, it is at least :data:`MIN_SHARED_PREFIX`
+    long and every row keeps ``keep`` tokens after it; else 0."""
+    if plain_plan(model, list(hooks)) is None:
+        return 0
+    p = min(shared_prefix_len(input_ids, attention_mask), max_prefix or input_ids.shape[1])
+    if p < MIN_SHARED_PREFIX or int(attention_mask.sum(-1).min()) - p < keep:
+        return 0
+    return p
+
+
 def prefix_cache(hf: nn.Module, prefix: Tensor, batch: int) -> Any:
     """KV cache of ``prefix`` (one row, under whatever hooks are active) repeated for ``batch``."""
-    cache = hf(input_ids=prefix, use_cache=True).past_key_values
+    cache = hf(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     cache.batch_repeat_interleave(batch)
     return cache
 
@@ -222,11 +235,8 @@ def forward(model: "LensModel", input_ids: Tensor, attention_mask: Tensor, hooks
     if logits_to_keep < 1:
         raise ValueError(f"logits_to_keep must be >= 1, got {logits_to_keep}.")
     hooks = list(hooks)
-    p = 0
-    if share_prefix and plain_plan(model, hooks) is not None:
-        p = min(shared_prefix_len(input_ids, attention_mask), max_prefix or input_ids.shape[1])
-        if p < MIN_SHARED_PREFIX or int(attention_mask.sum(-1).min()) - p < logits_to_keep:
-            p = 0
+    p = (usable_prefix(model, hooks, input_ids, attention_mask, max_prefix, logits_to_keep)
+         if share_prefix else 0)
     with running(model, hooks) as hf:
         if not p:
             pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)

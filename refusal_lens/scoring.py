@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .generation import length_batches
+from .activations import length_batches
 from .runner import forward
 
 if TYPE_CHECKING:

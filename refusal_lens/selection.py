@@ -46,9 +46,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import ActivationError
+from .activations import ActivationError, iter_batches
 from .directions import Direction, random_like
-from .generation import length_batches
 from .interventions import ablation_hooks, addition_hooks
 from .scoring import last_logits, last_position_kl, refusal_metric
 from .sinks import project_off_basis, sink_basis
@@ -153,10 +152,7 @@ def _by_length(model: "LensModel", instructions: Sequence[str]) -> list[str]:
 
 def _batches(model: "LensModel", instructions: Sequence[str], size: int) -> list["Batch"]:
     """Batches in the given order, at most ``size`` rows and ``64 * size`` padded tokens each."""
-    prompts = model.format(list(instructions))
-    lengths = [len(x) for x in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return [model.tokenize([prompts[i] for i in rows])
-            for rows in length_batches(lengths, size, 64 * size, sort=False)]
+    return list(iter_batches(model, list(instructions), size, max_tokens=64 * size))
 
 
 def _metric(model, batches, ids, hooks=()) -> Float[Tensor, "n"]:
@@ -169,7 +165,6 @@ def _acts_and_metric(
     positions: Sequence[int], ids: Sequence[int], batch_size: int, desc: str, progress: bool,
 ) -> tuple[Float[Tensor, "n layer pos d_model"], Float[Tensor, "n"]]:
     """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
-    instructions = _by_length(model, instructions)  # similar lengths batch with less padding
     acts, metrics, current = [], [], {}
 
     def make_hook(i: int):
@@ -179,8 +174,8 @@ def _acts_and_metric(
         return hook_fn
 
     hooks = [(f"blocks.{l}.hook_resid_pre", make_hook(i)) for i, l in enumerate(layers)]
-    for batch in tqdm(_batches(model, instructions, batch_size), desc=desc, disable=not progress,
-                      leave=False):
+    for batch in iter_batches(model, list(instructions), batch_size, desc=desc if progress else None,
+                              sort_by_length=True, max_tokens=64 * batch_size):
         current["batch"] = batch
         metrics.append(refusal_metric(last_logits(model, batch, hooks), ids))
         acts.append(torch.stack([current[i] for i in range(len(layers))], 1))

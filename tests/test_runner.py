@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refusal_lens.activations import length_batches
 from refusal_lens.directions import random_like
-from refusal_lens.generation import generate, length_batches
+from refusal_lens.generation import generate
 from refusal_lens.interventions import ablation_hooks, addition_hooks
 from refusal_lens.runner import (MIN_SHARED_PREFIX, forward, plain_points, running,
                                  shared_prefix_len, split_prefix)
