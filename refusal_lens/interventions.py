@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .directions import Direction, DirectionError
-from .runner import tag
+from .runner import project, tag
 
 if TYPE_CHECKING:
     from .model import LensModel
@@ -47,9 +47,9 @@ def _as_vector(direction: VectorLike, model: "LensModel") -> Tensor:
 def project_out(
     x: Float[Tensor, "... d_model"], unit: Float[Tensor, "d_model"]
 ) -> Float[Tensor, "... d_model"]:
-    """``x - (x . u) u``: the component of ``x`` along unit vector ``u`` removed."""
-    u = unit.to(device=x.device, dtype=x.dtype)
-    return x - (x @ u).unsqueeze(-1) * u
+    """``x - (x . u) u``: the component of ``x`` along unit vector ``u`` removed (a stack of
+    ``k`` units: one per group of rows, see :func:`refusal_lens.runner.project`)."""
+    return project(x, unit)
 
 
 def ablation_hooks(
@@ -58,11 +58,19 @@ def ablation_hooks(
     layers: Sequence[int] | None = None,
     points: Sequence[str] = ABLATION_POINTS,
 ) -> HookList:
-    """Directional ablation: project the unit direction out at every layer and position."""
-    vec = _as_vector(direction, model)
-    unit = (vec / vec.norm()).to(model.device)
-    if float(vec.norm()) == 0.0:
+    """Directional ablation: project the unit direction out at every layer and position.
+
+    A ``(k, d_model)`` tensor ablates ``k`` directions at once, one per group of rows: the
+    batch must then be ``k`` consecutive copies of the same prompts (used to score many
+    candidates in one pass; see :func:`refusal_lens.runner.forward`'s ``groups``).
+    """
+    vecs = (torch.stack([_as_vector(v, model) for v in direction])
+            if isinstance(direction, Tensor) and direction.dim() == 2
+            else _as_vector(direction, model))
+    norms = vecs.norm(dim=-1, keepdim=True)
+    if bool((norms == 0).any()):
         raise DirectionError("Cannot ablate the zero vector.")
+    unit = (vecs / norms).to(model.device)
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         return project_out(x, unit)

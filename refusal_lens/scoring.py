@@ -227,9 +227,11 @@ def completion_cross_entropy(
         logits = forward(model, ids.to(dev), mask.to(dev), fwd_hooks, keep,
                          max_prefix=min(len(p) for p, _ in rows) - 1).float()
         sel = target[:, start:-1].to(dev)
-        logp = torch.log_softmax(logits[:, :-1][sel].to(torch.float64), -1)
-        nll = -logp.gather(-1, ids[:, start + 1:].to(dev)[sel][:, None]).squeeze(-1)
-        total += float(nll.sum())
+        scored = logits[:, :-1][sel]
+        # -log p(next) = logsumexp - logit: in the logits' precision, summed in float64
+        nll = (torch.logsumexp(scored, -1)
+               - scored.gather(-1, ids[:, start + 1:].to(dev)[sel][:, None]).squeeze(-1))
+        total += float(nll.double().sum())
         count += int(sel.sum())
         for j, row_last in zip(group, logits[torch.arange(len(rows)), (last - start).to(dev)]):
             lasts[j] = row_last.cpu()

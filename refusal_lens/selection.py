@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from .activations import ActivationError, iter_batches
 from .directions import Direction, random_like
 from .interventions import ablation_hooks, addition_hooks
+from .runner import forward, tag
 from .scoring import last_logits, last_position_kl, refusal_metric
 from .sinks import project_off_basis, sink_basis
 
@@ -80,6 +81,8 @@ class SelectionConfig:
     batch_size: int = 32
     seed: int = 0
     sink_energy: float = 0.95
+    #: candidates ablated together in one batched pass (same results, fewer passes)
+    group: int = 8
 
 
 @dataclass
@@ -167,17 +170,27 @@ def _acts_and_metric(
     """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
     acts, metrics, current = [], [], {}
 
+    cols = list(positions)
+    if not cols or any(p >= 0 for p in cols):
+        raise ValueError(f"positions must be negative offsets from the prompt's end, got {cols}.")
+
     def make_hook(i: int):
         def hook_fn(x: Tensor, hook=None) -> Tensor:
-            current[i] = current["batch"].gather(x, positions).float().cpu()
+            current[i] = x[:, cols].float().cpu()  # left padding: every prompt ends last
             return x
-        return hook_fn
+        return tag(hook_fn, "read", hook_fn)  # read-only: may run on the plain path
 
     hooks = [(f"blocks.{l}.hook_resid_pre", make_hook(i)) for i, l in enumerate(layers)]
     for batch in iter_batches(model, list(instructions), batch_size, desc=desc if progress else None,
                               sort_by_length=True, max_tokens=64 * batch_size):
-        current["batch"] = batch
-        metrics.append(refusal_metric(last_logits(model, batch, hooks), ids))
+        if not bool(batch.attention_mask[:, -1].all()):
+            raise ValueError("Activations are read at the last columns: pad batches on the left.")
+        # a shared prefix (the system turn) may run once, as long as each row keeps its
+        # post-instruction positions for itself
+        room = int(batch.attention_mask.sum(-1).min()) - max(-p for p in cols)
+        logits = forward(model, batch.input_ids, batch.attention_mask, hooks, 1,
+                         max_prefix=max(1, room))[:, -1].float()
+        metrics.append(refusal_metric(logits, ids))
         acts.append(torch.stack([current[i] for i in range(len(layers))], 1))
     out = torch.cat(acts)
     if not torch.isfinite(out).all():
@@ -218,19 +231,38 @@ def filter_and_fit(
     return diff, info
 
 
-def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: Tensor):
-    """Closures scoring one vector: bypass / induce / KL on pre-tokenized val batches."""
+@torch.no_grad()
+def _grouped_last_logits(model: "LensModel", batch: "Batch", hooks, k: int
+                         ) -> Float[Tensor, "k batch vocab"]:
+    """Last-position logits of ``k`` copies of ``batch``, copy ``g`` under group ``g``'s hooks."""
+    ids, mask = batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1)
+    logits = forward(model, ids, mask, hooks, 1, groups=k)[:, -1].float()
+    return logits.reshape(k, batch.input_ids.shape[0], -1)
 
-    def bypass(vec: Tensor, batches=hh) -> float:
-        return float(_metric(model, batches, ids, ablation_hooks(model, vec)).mean())
+
+def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: Tensor,
+            group: int = 8):
+    """Closures scoring vectors: bypass / KL of a list of vectors (ablated ``group`` at a time,
+    in one pass per batch) and induce of one vector, on pre-tokenized val batches."""
+
+    def ablated(vecs: Sequence[Tensor], batches) -> list[Tensor]:
+        """Per vector, the last-position logits of every prompt of ``batches`` with it ablated."""
+        out: list[Tensor] = []
+        for i in range(0, len(vecs), group):
+            chunk = torch.stack(list(vecs[i:i + group]))
+            hooks = ablation_hooks(model, chunk)
+            per_batch = [_grouped_last_logits(model, b, hooks, len(chunk)) for b in batches]
+            out += list(torch.cat(per_batch, 1))
+        return out
+
+    def bypass(vecs: Sequence[Tensor], batches=hh) -> list[float]:
+        return [float(refusal_metric(x, ids).mean()) for x in ablated(vecs, batches)]
 
     def induce(vec: Tensor, layer: int) -> float:
         return float(_metric(model, hs, ids, addition_hooks(model, vec, layer)).mean())
 
-    def kl(vec: Tensor) -> float:
-        hooks = ablation_hooks(model, vec)
-        abl = torch.cat([last_logits(model, b, hooks) for b in hs])
-        return float(last_position_kl(base_s, abl).mean())
+    def kl(vecs: Sequence[Tensor]) -> list[float]:
+        return [float(last_position_kl(base_s, x).mean()) for x in ablated(vecs, hs)]
 
     return bypass, induce, kl
 
@@ -279,7 +311,9 @@ def select_direction(
     baseline = {"harmful_val_metric": float(base_h.mean()),
                 "harmless_val_metric": float(torch.cat([refusal_metric(x[None], refusal_ids)
                                                         for x in base_s]).mean())}
-    bypass, induce, kl = _scorer(model, hh, hs, refusal_ids, base_s)
+    if cfg.group < 1:
+        raise SelectionError(f"group must be >= 1, got {cfg.group}.")
+    bypass, induce, kl = _scorer(model, hh, hs, refusal_ids, base_s, cfg.group)
 
     scores: list[CandidateScore] = []
     for li, layer in enumerate(layers):
@@ -297,8 +331,12 @@ def select_direction(
                              "activations do not differ at the post-instruction positions.")
     vec_of = {(s.layer, s.position): diffs[layers.index(s.layer), positions.index(s.position)]
               for s in live}
-    for s in tqdm(live, desc=f"screening {len(live)} candidates", disable=not progress):
-        s.screen_bypass = bypass(vec_of[(s.layer, s.position)], screen)
+    step = cfg.group
+    for i in tqdm(range(0, len(live), step), desc=f"screening {len(live)} candidates",
+                  disable=not progress):
+        chunk = live[i:i + step]
+        for s, b in zip(chunk, bypass([vec_of[(s.layer, s.position)] for s in chunk], screen)):
+            s.screen_bypass = b
     ranked = sorted((s for s in live if math.isfinite(s.screen_bypass)),
                     key=lambda s: s.screen_bypass)
     top = ranked[:cfg.top_k]
@@ -306,14 +344,16 @@ def select_direction(
         if s not in top:
             s.discarded.append(f"screened out (not in the top {cfg.top_k} by screen bypass)")
     t_screen = time.perf_counter()
-    for s in tqdm(top, desc=f"scoring top {len(top)}", disable=not progress):
-        vec = vec_of[(s.layer, s.position)]
-        s.bypass, s.induce, s.kl, s.scored = bypass(vec), induce(vec, s.layer), kl(vec), True
-
+    top_vecs = [vec_of[(s.layer, s.position)] for s in top]
     # Direction-agnostic KL cost: ablate norm-matched random directions.
-    rand = [random_like(vec_of[(top[0].layer, top[0].position)], cfg.seed + 7919 * (i + 1),
-                        basis) for i in range(cfg.n_random)] if top else []
-    kl_random = float(sum(kl(r) for r in rand) / len(rand)) if rand else math.nan
+    rand = [random_like(top_vecs[0], cfg.seed + 7919 * (i + 1), basis)
+            for i in range(cfg.n_random)] if top else []
+    kls = kl(top_vecs + rand) if top else []
+    for s, b, k in zip(top, bypass(top_vecs) if top else [], kls):
+        s.bypass, s.kl, s.scored = b, k, True
+    for s in tqdm(top, desc=f"scoring top {len(top)}", disable=not progress):
+        s.induce = induce(vec_of[(s.layer, s.position)], s.layer)
+    kl_random = float(sum(kls[len(top):]) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()
 
     chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes)

@@ -35,7 +35,13 @@ def first_token_residuals(model: "LensModel") -> Float[Tensor, "point d_model"]:
     names = [f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)]
     names.append(f"blocks.{model.n_layers - 1}.hook_resid_post")
     _, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in names)
-    return torch.stack([cache[n][0, 0].double().cpu() for n in names])
+    out = torch.stack([cache[n][0, 0].double().cpu() for n in names])
+    if not torch.isfinite(out).all():
+        from .activations import ActivationError
+
+        raise ActivationError("NaN or inf in the first token's residual stream; use float32 "
+                              "and check the model's weights.")
+    return out
 
 
 def sink_basis(model: "LensModel", energy: float = 0.95

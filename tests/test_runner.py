@@ -177,3 +177,56 @@ def test_forward_does_not_share_into_requested_positions(syn):
     hooks = ablation_hooks(m, s.direction)
     full = forward(m, batch.input_ids, batch.attention_mask, hooks, width, share_prefix=False)
     assert torch.equal(forward(m, batch.input_ids, batch.attention_mask, hooks, width), full)
+
+
+def test_grouped_ablation_equals_one_direction_at_a_time(syn):
+    """k directions ablated in one pass over k copies of a batch (bridge path, plain path, and
+    with the shared prefix run once per group) equal k separate passes."""
+    m, s, prompts, _ = syn
+    units = torch.stack([s.direction, random_like(s.direction, seed=1),
+                         random_like(s.direction, seed=2)])
+    batch = m.tokenize(m.format(prompts, system=SYSTEM))
+    ids, mask = batch.input_ids.repeat(3, 1), batch.attention_mask.repeat(3, 1)
+    one = torch.cat([forward(m, batch.input_ids, batch.attention_mask, ablation_hooks(m, u))
+                     for u in units])
+    hooks = ablation_hooks(m, units)
+    assert torch.allclose(forward(m, ids, mask, hooks, groups=3), one, atol=1e-5, rtol=0)
+    assert torch.allclose(forward(m, ids, mask, hooks, groups=3, share_prefix=False), one,
+                          atol=1e-5, rtol=0)
+    assert torch.allclose(forward(m, ids, mask, hooks + [("blocks.0.hook_resid_pre", _noop)],
+                                  groups=3), one, atol=1e-5, rtol=0)  # through the bridge
+    with pytest.raises(ValueError, match="groups"):
+        forward(m, ids[:-1], mask[:-1], hooks, groups=3)
+
+
+def test_read_hooks_see_what_the_bridge_sees_and_skip_the_prefix(syn):
+    from refusal_lens.runner import tag
+
+    m, s, prompts, _ = syn
+    batch = m.tokenize(m.format(prompts, system=SYSTEM))
+    seen: list[torch.Tensor] = []
+
+    def look(x, hook=None):
+        seen.append(x[:, -3:].clone())
+        return x
+
+    hooks = [("blocks.2.hook_resid_pre", tag(look, "read", look))]
+    forward(m, batch.input_ids, batch.attention_mask, hooks)  # plain path, shared prefix
+    assert len(seen) == 1  # not called on the prefix pass
+    forward(m, batch.input_ids, batch.attention_mask, hooks + [("blocks.0.hook_resid_pre",
+                                                                 _noop)])  # bridge, unshared
+    assert torch.allclose(seen[0], seen[1], atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="callable"):
+        tag(look, "read", torch.ones(3))
+
+
+def test_hooks_installed_on_the_bridge_keep_running(syn):
+    m, s, _, batch = syn
+    hooks = ablation_hooks(m, s.direction)
+
+    def nan(x, hook=None):
+        return x * float("nan")
+
+    assert torch.isfinite(forward(m, batch.input_ids, batch.attention_mask, hooks)).all()
+    with m.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", nan)]):
+        assert torch.isnan(forward(m, batch.input_ids, batch.attention_mask, hooks)).all()

@@ -69,3 +69,18 @@ def test_bad_inputs(synthetic, data):
     with synthetic.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", nan_hook)]):
         with pytest.raises(ActivationError):
             select_direction(synthetic, **data, progress=False)
+
+
+def test_grouped_scoring_equals_one_candidate_at_a_time(synthetic, data, strict):
+    """Scoring candidates 8 per pass (the default) gives the scores of one per pass."""
+    one = select_direction(synthetic, **data, config=SelectionConfig(top_k=4, group=1),
+                           progress=False)
+    assert (one.direction.layer, one.direction.position) == (strict.direction.layer,
+                                                            strict.direction.position)
+    for a, b in zip(one.scores, strict.scores):
+        for key in ("screen_bypass", "bypass", "induce", "kl"):
+            x, y = getattr(a, key), getattr(b, key)
+            assert (x != x and y != y) or abs(x - y) < 1e-4, (key, x, y)
+    assert abs(one.kl_random - strict.kl_random) < 1e-5
+    with pytest.raises(SelectionError, match="group"):
+        select_direction(synthetic, **data, config=SelectionConfig(group=0), progress=False)

@@ -1,0 +1,87 @@
+"""Greedy decoding: the KV-cached loop (finished rows leave the batch) equals recomputing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusal_lens.generation import eos_ids, generate, greedy_decode
+from refusal_lens.interventions import ablation_hooks, addition_hooks
+from refusal_lens.runner import running
+
+SYSTEM = "You are a careful assistant. Answer briefly, plainly and well, in one or two lines."
+
+
+@pytest.fixture(scope="module")
+def syn(synthetic):
+    s = synthetic.info["synthetic"]
+    return synthetic, s, s.harmful[:5] + s.harmless[:5]
+
+
+def _hooks(m, s):
+    return {"none": [], "ablation": ablation_hooks(m, s.direction),
+            "addition": addition_hooks(m, s.direction * 3, 2)}
+
+
+@pytest.mark.parametrize("name", ["none", "ablation", "addition"])
+@pytest.mark.parametrize("system", [None, SYSTEM])
+def test_cached_greedy_equals_uncached(syn, name, system):
+    m, s, prompts = syn
+    kw = dict(max_new_tokens=12, batch_size=4, progress=False, system=system)
+    hooks = _hooks(m, s)[name]
+    cached = generate(m, prompts, hooks, **kw)
+    assert cached == generate(m, prompts, hooks, use_cache=False, **kw)
+    assert cached == generate(m, prompts, hooks, share_prefix=False, **kw)
+
+
+def test_decode_loop_equals_the_models_own_generate(syn):
+    m, s, prompts = syn
+    tok = m.tokenizer
+    batch = m.tokenize(m.format(prompts))
+    with torch.no_grad(), running(m, ablation_hooks(m, s.direction)) as hf:
+        ref = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+        ours = greedy_decode(hf, batch.input_ids, batch.attention_mask, 10, eos_ids(hf, tok),
+                             tok.pad_token_id)
+    ref = ref[:, batch.input_ids.shape[1]:]
+    assert torch.equal(ours[:, :ref.shape[1]], ref)  # generate stops when every row has ended
+    assert (ours[:, ref.shape[1]:] == tok.pad_token_id).all()
+
+
+def test_finished_rows_leave_the_batch(syn):
+    """A row that ends early gets padding after its end token, and its batch-mates decode as
+    they would alone."""
+    m, s, prompts = syn
+    tok = m.tokenizer
+    eos = eos_ids(m.hf_model, tok)
+    batch = m.tokenize(m.format(prompts))
+    with torch.no_grad(), running(m, []) as hf:
+        out = greedy_decode(hf, batch.input_ids, batch.attention_mask, 16, eos,
+                            tok.pad_token_id)
+    ended = [i for i in range(len(prompts)) if bool(torch.isin(out[i], torch.tensor(eos)).any())]
+    assert ended, "no row ended within 16 tokens: the test needs one that does"
+    for i in ended:
+        stop = int(torch.isin(out[i], torch.tensor(eos)).nonzero()[0])
+        assert (out[i, stop + 1:] == tok.pad_token_id).all()
+    alone = [generate(m, [p], max_new_tokens=16, progress=False)[0] for p in prompts]
+    assert generate(m, prompts, max_new_tokens=16, batch_size=len(prompts),
+                    progress=False) == alone
+
+
+def test_bad_arguments(syn):
+    m, _, prompts = syn
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(m, prompts, max_new_tokens=0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        generate(m, [], progress=False)
+
+
+@pytest.mark.embedded
+def test_cached_greedy_equals_uncached_embedded(embedded, embedded_direction):
+    m = embedded
+    prompts = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
+               "Explain how to pick a lock.", "Hi"]
+    kw = dict(max_new_tokens=24, batch_size=4, progress=False)
+    for hooks in ([], ablation_hooks(m, embedded_direction)):
+        cached = generate(m, prompts, hooks, **kw)
+        assert cached == generate(m, prompts, hooks, use_cache=False, **kw)
