@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .model import LensModel
 
 __all__ = ["DECISION_RULE", "TARGETS", "VERDICTS", "Arm", "bootstrap_ci", "rate_summary",
-           "decide", "evaluate_baseline", "evaluate_direction", "summarize"]
+           "decide", "evaluate_baseline", "evaluate_direction", "summarize", "addition_sweep"]
 
 #: The decision rule, fixed before running (see the module docstring).
 DECISION_RULE: dict[str, float] = {"min_drop_vs_baseline": 0.5, "min_drop_vs_random": 0.25,
@@ -224,6 +224,28 @@ def evaluate_direction(
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "random_norm": float(rand.norm()), "direction_norm": direction.norm}
+
+
+def addition_sweep(
+    model: "LensModel", vectors: dict[int, torch.Tensor], instructions: Sequence[str],
+    judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0,
+    basis: torch.Tensor | None = None, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Refusal rate (95% CI) on ``instructions`` with each layer's vector added at its layer,
+    beside a norm-matched random vector (drawn off ``basis``) added at the same layer."""
+    if not vectors or not instructions:
+        raise ValueError("Pass at least one layer's vector and one instruction.")
+    judge = judge or SubstringJudge()
+    rows = []
+    for layer, vec in vectors.items():
+        row: dict[str, Any] = {"layer": int(layer), "norm": float(vec.norm())}
+        rand = random_like(vec, seed=20_000 + seed + int(layer), basis=basis)
+        for name, v in (("addition", vec), ("random_addition", rand)):
+            arm = _arm(model, name, "harmless", instructions, addition_hooks(model, v, layer),
+                       judge, max_new_tokens, batch_size, progress)
+            row[name] = rate_summary(arm.flags, seed)
+        rows.append(row)
+    return rows
 
 
 def _pooled(arms: Sequence[Arm], seed: int) -> dict[str, float]:

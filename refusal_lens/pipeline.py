@@ -26,7 +26,8 @@ from .paths import atomic_write_text
 from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
 from .selection import SelectionConfig, dumps, select_direction
 
-__all__ = ["FitData", "ExperimentData", "default_data", "run_pipeline", "run_cli", "FAST"]
+__all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
+           "run_cli", "FAST"]
 
 #: Small counts for smoke tests (``--fast``).
 FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
@@ -89,16 +90,9 @@ def default_data(model: Any, n_train: int = 128, n_val: int = 32,
         k = min(100 if n_test is None else n_test, len(syn.harmful) // 4)
         return ExperimentData("synthetic", syn.harmful[:k], syn.harmless[:k],
                               _fit_from_pools(syn.harmful[k:], syn.harmless[k:], n_train, n_val))
-    from .datasets import load_pools, load_splits, norm_key
-
-    ref = load_splits(seed=0)  # fixes the test sets and the organism's training prompts
+    ref, hp, sp = _public_pools()
     h_test = ref.harmful_test[:n_test] if n_test else ref.harmful_test
     s_test = ref.harmless_test[:n_test] if n_test else ref.harmless_test
-    banned = {norm_key(x) for x in (ref.harmful_test + ref.harmless_test + ref.harmful_organism
-                                    + ref.harmless_organism)}
-    harmful_pool, harmless_pool = load_pools()
-    hp = [r["instruction"] for r in harmful_pool if norm_key(r["instruction"]) not in banned]
-    sp = [r["instruction"] for r in harmless_pool if norm_key(r["instruction"]) not in banned]
     drawn = _fit_from_pools(hp, sp, n_train, n_val)
 
     def fit(seed: int) -> FitData:
@@ -110,6 +104,39 @@ def default_data(model: Any, n_train: int = 128, n_val: int = 32,
     ref_answers = ref.responses("harmless_test")
     return ExperimentData("public (JailbreakBench test)", h_test, s_test, fit,
                           ref_answers[: len(s_test)] if ref_answers else None)
+
+
+def _public_pools() -> tuple[Any, list[str], list[str]]:
+    """The standard splits, and the harmful / harmless pool instructions outside their test
+    sets and the organism's training prompts (what train/val prompts are drawn from)."""
+    from .datasets import load_pools, load_splits, norm_key
+
+    ref = load_splits(seed=0)  # fixes the test sets and the organism's training prompts
+    banned = {norm_key(x) for x in (ref.harmful_test + ref.harmless_test + ref.harmful_organism
+                                    + ref.harmless_organism)}
+    harmful_pool, harmless_pool = load_pools()
+    hp = [r["instruction"] for r in harmful_pool if norm_key(r["instruction"]) not in banned]
+    sp = [r["instruction"] for r in harmless_pool if norm_key(r["instruction"]) not in banned]
+    return ref, hp, sp
+
+
+def heldout_instructions(exclude: Sequence[FitData], n: int = 100, side: str = "harmless",
+                         seed: int = 0) -> list[str]:
+    """``n`` public instructions of ``side`` that are in no test set, no organism training set
+    and none of the ``exclude`` fits' train/val prompts: a development set for side analyses
+    that must not touch the test prompts or the prompts a direction was fitted on."""
+    from .datasets import norm_key
+
+    if side not in ("harmful", "harmless"):
+        raise ValueError(f"side must be 'harmful' or 'harmless', got {side!r}.")
+    _, hp, sp = _public_pools()
+    used = {norm_key(x) for f in exclude for x in (f.harmful_train + f.harmful_val
+                                                   + f.harmless_train + f.harmless_val)}
+    pool = [x for x in (hp if side == "harmful" else sp) if norm_key(x) not in used]
+    random.Random(f"heldout:{side}:{seed}").shuffle(pool)
+    if len(pool) < n:
+        raise ValueError(f"Only {len(pool)} held-out {side} instructions remain; ask for fewer.")
+    return pool[:n]
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:

@@ -138,6 +138,38 @@ def refusal_rates_figure(rates: dict[str, dict[str, float]], title: str = "Refus
     return fig
 
 
+def addition_sweep_figure(rows: Sequence[dict[str, Any]], chosen: int | None = None,
+                          baseline: float | None = None,
+                          title: str = "Refusal induced by adding the direction, by layer"
+                          ) -> go.Figure:
+    """Refusal rate (95% CI) per layer with that layer's vector added, beside the random
+    control; ``rows`` from :func:`refusal_lens.evaluation.addition_sweep`."""
+    fig = go.Figure()
+    layers = [r["layer"] for r in rows]
+    for key, name, color in (("addition", "direction added", "#d62728"),
+                             ("random_addition", "random direction added", "#7f7f7f")):
+        rs = [r[key] for r in rows]
+        fig.add_trace(go.Scatter(
+            x=layers, y=[r["rate"] for r in rs], name=name, mode="lines+markers",
+            line=dict(color=color, dash="dot" if key.startswith("random") else "solid"),
+            error_y=dict(type="data", visible=True,
+                         array=[r["ci_high"] - r["rate"] for r in rs],
+                         arrayminus=[r["rate"] - r["ci_low"] for r in rs])))
+    if baseline is not None:
+        fig.add_hline(y=baseline, line_dash="dash", line_color="#1f77b4",
+                      annotation_text=f"no intervention {baseline:.2f}")
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dash", line_color="black",
+                      annotation_text=f"selected layer {chosen}")
+    fig.update_layout(title=title, xaxis=dict(title="layer (vector added at resid_pre)",
+                                              dtick=1),
+                      yaxis=dict(title="refusal rate", range=[0, 1.05]), height=460, width=860)
+    return fig
+
+
+__all__ += ["addition_sweep_figure"]
+
+
 # ---- adversarial-suffix analysis (cosine traces, DFA heads, attention shift) ---------------
 
 __all__ += ["cosine_traces_figure", "dfa_heads_figure", "attention_shift_figure"]

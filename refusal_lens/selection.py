@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from .model import Batch, LensModel
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
-           "filter_and_fit", "select_direction", "write_scores", "jsonable", "dumps",
-           "STRICT_RULE"]
+           "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
+           "dumps", "STRICT_RULE"]
 
 STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
 
@@ -231,6 +231,29 @@ def filter_and_fit(
     return diff, info
 
 
+def fit_candidates(
+    model: "LensModel", harmful_train: Sequence[str], harmless_train: Sequence[str],
+    refusal_ids: Sequence[int], layers: Sequence[int], positions: Sequence[int],
+    config: SelectionConfig | None = None, progress: bool = True,
+) -> dict[str, Any]:
+    """The candidates selection scores: filtered differences in means at (layers, positions),
+    projected off the attention-sink basis (``config.sink_energy``).
+
+    Returns ``diffs`` (projected, float64, ``(layer, pos, d_model)``), ``raw`` (unprojected),
+    ``basis``, and the ``filtering`` and ``sink`` summaries.
+    """
+    cfg = config or SelectionConfig()
+    raw, filtering = filter_and_fit(model, harmful_train, harmless_train, refusal_ids, layers,
+                                    positions, cfg.batch_size, cfg.min_kept, progress)
+    basis, sink = sink_basis(model, cfg.sink_energy)
+    diffs = raw
+    if basis.shape[0]:
+        diffs = project_off_basis(raw, basis)
+        sink["kept_norm_frac"] = float((diffs.norm(dim=-1) / raw.norm(dim=-1).clamp_min(1e-30))
+                                       [raw.norm(dim=-1) > 0].mean())
+    return {"diffs": diffs, "raw": raw, "basis": basis, "filtering": filtering, "sink": sink}
+
+
 @torch.no_grad()
 def _grouped_last_logits(model: "LensModel", batch: "Batch", hooks, k: int
                          ) -> Float[Tensor, "k batch vocab"]:
@@ -287,17 +310,13 @@ def select_direction(
     positions = list(model.post_instruction_positions if positions is None else positions)
     cut = math.ceil(cfg.max_layer_frac * model.n_layers)  # layers >= 0.8 L are discarded
     layers = list(range(max(1, cut)))
-    diffs, filtering = filter_and_fit(model, harmful_train, harmless_train, refusal_ids, layers,
-                                      positions, cfg.batch_size, cfg.min_kept, progress)
+    fitted = fit_candidates(model, harmful_train, harmless_train, refusal_ids, layers, positions,
+                            cfg, progress)
+    diffs, raw, basis = fitted["diffs"], fitted["raw"], fitted["basis"]
+    filtering, sink = fitted["filtering"], fitted["sink"]
     notes = [f"{side} training prompts used unfiltered: only {filtering[side + '_kept']} passed "
              f"the refusal-metric filter (minimum {cfg.min_kept})"
              for side in ("harmful", "harmless") if filtering[side + "_unfiltered"]]
-    raw = diffs
-    basis, sink = sink_basis(model, cfg.sink_energy)
-    if basis.shape[0]:
-        diffs = project_off_basis(raw, basis)
-        sink["kept_norm_frac"] = float((diffs.norm(dim=-1) / raw.norm(dim=-1).clamp_min(1e-30))
-                                       [raw.norm(dim=-1) > 0].mean())
     t_fit = time.perf_counter()
 
     harmful_val, harmless_val = _by_length(model, harmful_val), _by_length(model, harmless_val)

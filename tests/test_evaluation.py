@@ -69,3 +69,23 @@ def test_baseline_ce_scores_the_reference_answers(synthetic):
     with pytest.raises(ValueError, match="one per prompt"):
         evaluate_baseline(synthetic, harmful, harmless, max_new_tokens=4, progress=False,
                           harmless_reference=answers[:1])
+
+
+def test_addition_sweep_finds_the_planted_layer(synthetic, planted):
+    """Adding the planted direction makes harmless prompts refuse; a random one does not."""
+    from refusal_lens.evaluation import addition_sweep
+    from refusal_lens.plots import addition_sweep_figure
+
+    syn, d = planted
+    harmless = syn.harmless[:24]
+    rows = addition_sweep(synthetic, {d.layer: syn.direction * 4}, harmless, max_new_tokens=6,
+                          progress=False)
+    (row,) = rows
+    assert row["layer"] == d.layer and row["norm"] == pytest.approx(4 * float(
+        syn.direction.norm()), rel=1e-5)
+    assert row["addition"]["rate"] >= 0.8 > 0.2 >= row["random_addition"]["rate"]
+    assert row["addition"]["n"] == len(harmless)
+    fig = addition_sweep_figure(rows, chosen=d.layer, baseline=0.0)
+    assert len(fig.data) == 2
+    with pytest.raises(ValueError, match="at least one"):
+        addition_sweep(synthetic, {}, harmless, progress=False)

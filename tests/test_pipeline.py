@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from refusal_lens.directions import Direction, DirectionError
-from refusal_lens.pipeline import FAST, run_cli, run_pipeline
+from refusal_lens.pipeline import FAST, FitData, run_cli, run_pipeline
 
 FILES = ["report.json", "report.md", "direction.safetensors", "direction.json", "scores.json",
          "scores.csv", "completions.jsonl", "candidate_scores.html", "refusal_rates.html"]
@@ -82,3 +82,23 @@ def test_embedded_fast(tmp_path):
     assert (tmp_path / "embedded" / "report.md").is_file()
     d = report["directions"]["0"]
     assert 0 <= d["layer"] < 24
+
+
+def test_heldout_instructions_avoid_test_organism_and_fit_prompts():
+    from refusal_lens.datasets import load_splits, norm_key
+    from refusal_lens.pipeline import heldout_instructions
+
+    ref = load_splits(seed=0)
+    fits = [FitData(ref.harmful_train, ref.harmful_val, ref.harmless_train, ref.harmless_val)]
+    for side in ("harmless", "harmful"):
+        dev = heldout_instructions(fits, 50, side)
+        assert len(dev) == 50 and dev == heldout_instructions(fits, 50, side)
+        banned = {norm_key(x) for x in (ref.harmful_test + ref.harmless_test
+                                        + ref.harmful_organism + ref.harmless_organism
+                                        + ref.harmful_train + ref.harmful_val
+                                        + ref.harmless_train + ref.harmless_val)}
+        assert not banned & {norm_key(x) for x in dev}
+    with pytest.raises(ValueError, match="side"):
+        heldout_instructions(fits, 5, "neutral")
+    with pytest.raises(ValueError, match="remain"):
+        heldout_instructions(fits, 10**6)
