@@ -27,7 +27,7 @@ from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_tok
 from .selection import SelectionConfig, dumps, select_direction
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
-           "run_cli", "FAST"]
+           "run_cli", "render_markdown", "induce_ranking", "FAST"]
 
 #: Small counts for smoke tests (``--fast``).
 FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
@@ -301,7 +301,22 @@ def _brief(sel) -> dict[str, Any]:
     return {"layer": c.layer, "position": c.position, "bypass": c.bypass, "induce": c.induce,
             "kl": c.kl, "rule": sel.rule, "fallback": sel.fallback, "kl_random": sel.kl_random,
             "kl_threshold_used": sel.kl_threshold_used, "filtering": sel.filtering,
-            "baseline": sel.baseline, "timing": sel.timing, "sink": sel.sink}
+            "baseline": sel.baseline, "timing": sel.timing, "sink": sel.sink,
+            "induce_among_scored": induce_ranking(sel.table(), c.layer, c.position)}
+
+
+def induce_ranking(candidates: Sequence[dict[str, Any]], layer: int, position: int
+                   ) -> dict[str, Any]:
+    """Where the chosen candidate's induce score ranks among every fully scored candidate
+    (1 = induces refusal most), and the best of them: selection minimises bypass only."""
+    scored = [c for c in candidates if c.get("scored") and isinstance(c.get("induce"), float)
+              and math.isfinite(c["induce"])]
+    chosen = next((c for c in scored if (c["layer"], c["position"]) == (layer, position)), None)
+    if chosen is None:
+        return {}
+    best = max(scored, key=lambda c: c["induce"])
+    return {"rank": 1 + sum(c["induce"] > chosen["induce"] for c in scored), "of": len(scored),
+            "best": {k: best[k] for k in ("layer", "position", "induce", "bypass")}}
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -398,7 +413,17 @@ def _why(target: str, r: dict[str, Any]) -> str:
         return (f": adding a norm-matched random vector itself raises refusal from {base_s:.2f},"
                 " so the vector's norm, not only its direction, matters")
     if target == "addition":
-        return f": addition raises harmless refusal from {base_s:.2f} only"
+        why = f": addition raises harmless refusal from {base_s:.2f} only"
+        ranks = {s: v.get("induce_among_scored") or {} for s, v in r["selection"].items()}
+        worse = {s: x for s, x in ranks.items() if x.get("rank", 1) > 1}
+        if worse:
+            why += ("; the chosen candidates (lowest bypass) are not the ones that induce refusal "
+                    "best on the validation prompts: " + "; ".join(
+                        f"seed {s}: induce {r['selection'][s]['induce']:.2f}, rank {x['rank']} of "
+                        f"{x['of']} scored (best: layer {x['best']['layer']}, position "
+                        f"{x['best']['position']}, {x['best']['induce']:.2f})"
+                        for s, x in worse.items()))
+        return why
     if target == "orthogonalized_ce" and "random_ablation" in cap:
         b = cap["baseline"]["ce"]
         rnd = cap["random_ablation"]["ce"] / b - 1 if b else math.nan

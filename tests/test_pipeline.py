@@ -102,3 +102,20 @@ def test_heldout_instructions_avoid_test_organism_and_fit_prompts():
         heldout_instructions(fits, 5, "neutral")
     with pytest.raises(ValueError, match="remain"):
         heldout_instructions(fits, 10**6)
+
+
+def test_induce_ranking_and_the_addition_reason(run_dir):
+    from refusal_lens.pipeline import _why, induce_ranking
+
+    table = [{"layer": 3, "position": -1, "scored": True, "induce": 0.5, "bypass": -4.0},
+             {"layer": 2, "position": -1, "scored": True, "induce": 1.5, "bypass": -3.0},
+             {"layer": 1, "position": -2, "scored": True, "induce": float("nan"), "bypass": 1.0},
+             {"layer": 0, "position": -1, "scored": False, "induce": float("nan")}]
+    rank = induce_ranking(table, 3, -1)
+    assert rank == {"rank": 2, "of": 2, "best": {"layer": 2, "position": -1, "induce": 1.5,
+                                                  "bypass": -3.0}}
+    assert induce_ranking(table, 0, -1) == {}
+    report = json.loads((run_dir / "report.json").read_text())
+    assert all("induce_among_scored" in v for v in report["selection"].values())
+    report["selection"]["0"] |= {"induce": 0.5, "induce_among_scored": rank}
+    assert "rank 2 of 2 scored (best: layer 2" in _why("addition", report)
