@@ -123,6 +123,7 @@ def generate_from_prompts(
     batches = length_batches(lengths, batch_size, max_batch_tokens or batch_size * 64)
     outputs: list[str] = [""] * len(prompts)
     eos = eos_ids(model.hf_model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     try:
         bar = tqdm(batches, desc=f"generating ({len(prompts)})", disable=not progress,
                    leave=False)
@@ -137,16 +138,16 @@ def generate_from_prompts(
                     ids = torch.cat([prefix.expand(len(rows), -1), rest], 1)
                     past = prefix_cache(hf, prefix, len(rows))
                 if use_cache:
-                    new = greedy_decode(hf, ids, mask, max_new_tokens, eos, tok.pad_token_id,
-                                        past)
+                    new = greedy_decode(hf, ids, mask, max_new_tokens, eos, pad, past)
                 else:  # the reference: the model's own generate, recomputing every step
                     new = hf.generate(input_ids=ids, attention_mask=mask,
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       temperature=None, top_p=None, top_k=None,
-                                      use_cache=False, pad_token_id=tok.pad_token_id,
-                                      )[:, ids.shape[1]:]
-            for i, text in zip(rows, tok.batch_decode(new, skip_special_tokens=True)):
-                outputs[i] = text
+                                      use_cache=False, pad_token_id=pad)[:, ids.shape[1]:]
+            ended = torch.isin(new, torch.as_tensor(eos, device=new.device))
+            for i, row, end in zip(rows, new, ended):
+                stop = int(end.nonzero()[0]) + 1 if bool(end.any()) else len(row)
+                outputs[i] = tok.decode(row[:stop], skip_special_tokens=True)  # no padding
     finally:
         tok.padding_side = side
     return outputs
