@@ -4,7 +4,8 @@ prompts (in no test set, and fitted on by no seed of the run).
 
 Reads the run directory (default ``runs/embedded``) for the seeds, the refusal tokens and the
 selection settings; refits that seed's candidates exactly as selection did. Writes
-figures/addition_by_layer.{html,json}.
+figures/addition_by_layer.{html,json}; with that JSON present it only re-renders the figure
+(``--rerun`` measures again).
 """
 
 from __future__ import annotations
@@ -40,7 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=16 if FAST else 100, help="development prompts")
     p.add_argument("--tokens", type=int, default=16 if FAST else 64, help="new tokens")
     p.add_argument("--out", default="figures/addition_by_layer")
+    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
     args = p.parse_args(argv)
+    saved = Path(args.out + ".json")
+    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
+               else measure(args))
+    fig = addition_sweep_figure(summary["layers"], summary["selected_layer"],
+                                summary["baseline"]["rate"], title=(
+        f"Harmless refusal with the direction added, by layer<br><sup>{summary['model']}, seed "
+        f"{summary['seed']} vector at position {summary['position']}; {summary['n_prompts']} "
+        f"held-out development prompts, {summary['new_tokens']} greedy tokens; 95% CI</sup>"))
+    for path in save_figure(fig, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Refit the first seed's candidates and measure addition at each layer."""
     report = json.loads((Path(args.run) / "report.json").read_text())
     seeds = report["config"]["seeds"]
     sel = report["selection"][str(seeds[0])]
@@ -74,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                "baseline": base, "layers": rows,
                "prompts": "held-out development prompts: no test set, no seed's train/val"}
     atomic_write_text(args.out + ".json", dumps(summary))
-    fig = addition_sweep_figure(rows, sel["layer"], base["rate"], title=(
-        f"Harmless refusal with the seed-{seeds[0]} vector added, by layer ({report['model']}, "
-        f"{len(dev)} held-out prompts, 95% CI)"))
-    for path in save_figure(fig, args.out):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def addition_sweep_figure(rows: Sequence[dict[str, Any]], chosen: int | None = N
                          arrayminus=[r["rate"] - r["ci_low"] for r in rs])))
     if baseline is not None:
         fig.add_hline(y=baseline, line_dash="dash", line_color="#1f77b4",
-                      annotation_text=f"no intervention {baseline:.2f}")
+                      annotation_text=f"no intervention {baseline:.2f}",
+                      annotation_position="bottom left")
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dash", line_color="black",
                       annotation_text=f"selected layer {chosen}")
