@@ -161,9 +161,12 @@ def last_position_kl(
 
 
 @torch.no_grad()
-def last_logits(model: "LensModel", batch, fwd_hooks: Sequence = ()) -> Float[Tensor, "batch vocab"]:
-    """Logits at each prompt's last position only (left padding; the unembedding runs once per row)."""
-    logits = forward(model, batch.input_ids, batch.attention_mask, fwd_hooks, 1)[:, -1].float()
+def last_logits(model: "LensModel", batch, fwd_hooks: Sequence = (), max_prefix: int | None = None,
+                groups: int = 1) -> Float[Tensor, "batch vocab"]:
+    """Logits at each prompt's last position only (left padding; the unembedding runs once per
+    row). ``max_prefix`` and ``groups`` as in :func:`refusal_lens.runner.forward`."""
+    logits = forward(model, batch.input_ids, batch.attention_mask, fwd_hooks, 1,
+                     max_prefix=max_prefix, groups=groups)[:, -1].float()
     if not torch.isfinite(logits).all():
         from .activations import ActivationError
 

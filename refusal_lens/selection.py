@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from .activations import ActivationError, iter_batches
 from .directions import Direction, random_like
 from .interventions import ablation_hooks, addition_hooks
-from .runner import forward, tag
+from .runner import tag
 from .scoring import last_logits, last_position_kl, refusal_metric
 from .sinks import project_off_basis, sink_basis
 
@@ -188,8 +188,7 @@ def _acts_and_metric(
         # a shared prefix (the system turn) may run once, as long as each row keeps its
         # post-instruction positions for itself
         room = int(batch.attention_mask.sum(-1).min()) - max(-p for p in cols)
-        logits = forward(model, batch.input_ids, batch.attention_mask, hooks, 1,
-                         max_prefix=max(1, room))[:, -1].float()
+        logits = last_logits(model, batch, hooks, max_prefix=max(1, room))
         metrics.append(refusal_metric(logits, ids))
         acts.append(torch.stack([current[i] for i in range(len(layers))], 1))
     out = torch.cat(acts)
@@ -258,9 +257,8 @@ def fit_candidates(
 def _grouped_last_logits(model: "LensModel", batch: "Batch", hooks, k: int
                          ) -> Float[Tensor, "k batch vocab"]:
     """Last-position logits of ``k`` copies of ``batch``, copy ``g`` under group ``g``'s hooks."""
-    ids, mask = batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1)
-    logits = forward(model, ids, mask, hooks, 1, groups=k)[:, -1].float()
-    return logits.reshape(k, batch.input_ids.shape[0], -1)
+    copies = type(batch)(batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1))
+    return last_logits(model, copies, hooks, groups=k).reshape(k, batch.input_ids.shape[0], -1)
 
 
 def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: Tensor,
@@ -350,10 +348,9 @@ def select_direction(
                              "activations do not differ at the post-instruction positions.")
     vec_of = {(s.layer, s.position): diffs[layers.index(s.layer), positions.index(s.position)]
               for s in live}
-    step = cfg.group
-    for i in tqdm(range(0, len(live), step), desc=f"screening {len(live)} candidates",
+    for i in tqdm(range(0, len(live), cfg.group), desc=f"screening {len(live)} candidates",
                   disable=not progress):
-        chunk = live[i:i + step]
+        chunk = live[i:i + cfg.group]
         for s, b in zip(chunk, bypass([vec_of[(s.layer, s.position)] for s in chunk], screen)):
             s.screen_bypass = b
     ranked = sorted((s for s in live if math.isfinite(s.screen_bypass)),
