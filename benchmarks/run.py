@@ -5,7 +5,8 @@
 Writes ``benchmarks/results.json`` and prints a Markdown table (also ``benchmarks/results.md``).
 Targets: streaming extraction >= 3x the naive cache-everything baseline and >= 30% of the
 measured float32 matmul roofline; peak RSS at N=512 within 10% of N=64; orthogonalized
-generation within 5% of the plain model; KV-cache generation >= 3x no-cache; cached load <= 5 s.
+generation within 5% of the plain model; KV-cache generation >= 3x no-cache; cached load <= 5 s;
+``refusal-lens --help`` and every ``refusal-lens <command> --help`` <= 1 s in a fresh process.
 """
 
 from __future__ import annotations
@@ -221,7 +222,28 @@ def bench_selection(model, s, n_val: int) -> dict:
     }
 
 
-BENCHES = ("load", "extraction", "memory", "generation", "selection")
+def bench_cli(repeat: int = 3) -> dict:
+    """Wall time of ``refusal-lens [<command>] --help`` in a fresh interpreter (best of
+    ``repeat``): what a user waits for help, interpreter start-up included."""
+    from refusal_lens.cli import SUBCOMMANDS
+
+    root = HERE.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    seconds = {}
+    for cmd in ["", *SUBCOMMANDS]:
+        argv = [sys.executable, "-m", "refusal_lens.cli", *([cmd] if cmd else []), "--help"]
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=True, env=env, cwd=root)
+            best = min(best, time.perf_counter() - t)
+        seconds[f"refusal-lens {cmd} --help".replace("  ", " ")] = round(best, 3)
+    bare, _ = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
+    return {"help_s": seconds, "slowest_help_s": max(seconds.values()),
+            "slowest": max(seconds, key=seconds.get), "python_startup_s": round(bare, 3)}
+
+
+BENCHES = ("load", "extraction", "memory", "generation", "selection", "cli")
 
 
 def main() -> int:
@@ -251,6 +273,9 @@ def main() -> int:
         if name == "memory":
             results["memory"] = bench_memory((16, 64) if args.quick else (64, 512))
             continue
+        if name == "cli":
+            results["cli"] = bench_cli()
+            continue
         model = model or rl.load_model("embedded")
         if name == "extraction":
             results["extraction"] = bench_extraction(
@@ -279,6 +304,8 @@ def targets(r: dict) -> dict:
          "orthogonalized / plain generation time (<= 1.05)", lambda v: v <= 1.05),
         ("generation", "kv_cache_speedup", "KV-cache generation speedup (>= 3x)", lambda v: v >= 3),
         ("load", "cached_load_s", "cached model load seconds (<= 5)", lambda v: v <= 5),
+        ("cli", "slowest_help_s", "slowest `refusal-lens [<command>] --help` seconds (<= 1)",
+         lambda v: v <= 1),
     ]
     return {label: {"value": round(r[sec][key], 3), "met": bool(ok(r[sec][key]))}
             for sec, key, label, ok in checks if key in r.get(sec, {})}
@@ -287,6 +314,9 @@ def targets(r: dict) -> dict:
 def markdown(r: dict) -> str:
     lines = ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'NO'} |" for k, v in r["targets"].items()]
+    if "cli" in r:
+        lines.append(f"\nSlowest help: `{r['cli']['slowest']}`; each command's seconds are in "
+                     "results.json (`cli.help_s`).")
     m = r["machine"]
     lines.append(f"\nMachine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
                  f"({m['torch_threads']} threads).")

@@ -1,6 +1,46 @@
-"""refusal_lens: find, test and explain the refusal direction of chat models."""
+"""refusal_lens: find, test and explain the refusal direction of chat models.
 
-from .model import LensModel, load_model
+``import refusal_lens as rl`` is cheap: the names below (and the submodules, e.g. ``rl.plots``)
+are imported on first use, so the command line can print its help without loading torch.
+"""
 
-__all__ = ["LensModel", "load_model"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY: dict[str, str] = {
+    "LensModel": "model", "load_model": "model",
+    "load_splits": "datasets",
+    "Direction": "directions", "mean_diff_candidates": "directions", "random_like": "directions",
+    "ablation_hooks": "interventions", "addition_hooks": "interventions",
+    "generate": "generation",
+    "SubstringJudge": "scoring", "discover_refusal_tokens": "scoring", "refusal_rate": "scoring",
+    "SelectionConfig": "selection", "select_direction": "selection",
+    "decide": "evaluation", "rate_summary": "evaluation",
+    "orthogonalize": "orthogonalize",
+    "run_pipeline": "pipeline",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        try:  # a submodule, e.g. ``rl.plots``
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

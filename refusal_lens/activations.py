@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from .console import progress_bar
 
 if TYPE_CHECKING:
     from .model import Batch, LensModel
@@ -85,7 +86,7 @@ def iter_batches(
     lengths = ([len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
                if sort_by_length or max_tokens is not None else [0] * len(prompts))
     groups = length_batches(lengths, batch_size, max_tokens, sort=sort_by_length)
-    for rows in tqdm(groups, desc=desc, disable=desc is None, leave=False):
+    for rows in progress_bar(groups, desc=desc, disable=desc is None, leave=False):
         yield model.tokenize([prompts[i] for i in rows])
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .console import progress_bar
 from .suffixes import MARK
 
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ def attention_shift(
              "harmful + random suffix": [random_suffixes[i % len(random_suffixes)]
                                          for i in range(n)]}
     mass = {c: attention_to_spans(model, list(harmful), heads, s, batch_size)
-            for c, s in tqdm(conds.items(), desc="attention", disable=not progress, leave=False)}
+            for c, s in progress_bar(conds.items(), desc="attention", disable=not progress,
+                                     leave=False)}
     return AttentionShift(heads, mass)
 
 

@@ -17,8 +17,8 @@ import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from .console import progress_bar
 from .traces import _unit
 
 if TYPE_CHECKING:
@@ -149,8 +149,8 @@ def dfa_by_condition(
 ) -> dict[str, DFA]:
     """:func:`direct_feature_attribution` for each named list of instructions."""
     return {name: direct_feature_attribution(model, instrs, direction, layer, batch_size)
-            for name, instrs in tqdm(conditions.items(), desc="DFA", disable=not progress,
-                                     leave=False)}
+            for name, instrs in progress_bar(conditions.items(), desc="DFA", disable=not progress,
+                                             leave=False)}
 
 
 def head_table(dfas: dict[str, DFA], heads: Sequence[tuple[int, int]]) -> dict[str, dict]:

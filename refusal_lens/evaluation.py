@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from .console import step
 from .directions import Direction, random_like
 from .generation import generate
 from .interventions import ablation_hooks, addition_hooks
@@ -119,9 +120,10 @@ def decide(rates: dict[str, float], rule: dict[str, float] = DECISION_RULE) -> d
 def _arm(model: "LensModel", name: str, split: str, instructions: Sequence[str], hooks,
          judge: Judge, max_new_tokens: int, batch_size: int, progress: bool) -> Arm:
     t = time.perf_counter()
-    texts = generate(model, list(instructions), fwd_hooks=hooks, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, progress=progress)
-    flags = [bool(f) for f in judge(list(instructions), texts)]
+    with step(f"{name} · {split}"):
+        texts = generate(model, list(instructions), fwd_hooks=hooks,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        flags = [bool(f) for f in judge(list(instructions), texts)]
     if len(flags) != len(texts):
         raise ValueError(f"The judge returned {len(flags)} flags for {len(texts)} completions.")
     return Arm(name, split, list(instructions), texts, flags, time.perf_counter() - t)
@@ -162,8 +164,9 @@ def evaluate_baseline(model: "LensModel", harmful_test: Sequence[str],
     text = list(harmless_reference) if harmless_reference is not None else s.completions
     source = (f"dataset reference answers (first {ce_tokens} tokens)"
               if harmless_reference is not None else "baseline completions")
-    ce = completion_cross_entropy(model, s.instructions, text, batch_size=batch_size,
-                                  max_completion_tokens=ce_tokens)
+    with step("baseline · capability"):
+        ce = completion_cross_entropy(model, s.instructions, text, batch_size=batch_size,
+                                      max_completion_tokens=ce_tokens)
     return BaselineEval(h, s, ce["ce"], ce["last_logits"], text, source)
 
 
@@ -191,8 +194,9 @@ def evaluate_direction(
 
     def capab(name: str, m: "LensModel", hooks) -> None:
         t = time.perf_counter()
-        out = completion_cross_entropy(m, harmless, ref_c, hooks, batch_size, baseline.last_logits,
-                                       max_completion_tokens=CE_TOKENS)
+        with step(f"{name} · capability"):
+            out = completion_cross_entropy(m, harmless, ref_c, hooks, batch_size,
+                                           baseline.last_logits, max_completion_tokens=CE_TOKENS)
         capability[name] = {"ce": out["ce"], "kl": out["kl"]}
         seconds[f"ce_{name}"] = time.perf_counter() - t
 
@@ -224,6 +228,12 @@ def evaluate_direction(
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "random_norm": float(rand.norm()), "direction_norm": direction.norm}
+
+
+def evaluation_steps(orthogonalized: bool = True) -> tuple[int, int]:
+    """Progress steps (see :mod:`refusal_lens.console`) of :func:`evaluate_baseline` and of one
+    :func:`evaluate_direction` call: one per generated arm and per capability check."""
+    return 3, 6 + 2 * bool(orthogonalized)
 
 
 def addition_sweep(

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache
 
 from .activations import length_batches
+from .console import progress_bar
 from .runner import prefix_cache, running, split_prefix, usable_prefix
 
 if TYPE_CHECKING:
@@ -125,8 +125,8 @@ def generate_from_prompts(
     eos = eos_ids(model.hf_model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     try:
-        bar = tqdm(batches, desc=f"generating ({len(prompts)})", disable=not progress,
-                   leave=False)
+        bar = progress_bar(batches, desc=f"generating {len(prompts)} prompts",
+                           disable=not progress, leave=False)
         for rows in bar:
             batch = model.tokenize([prompts[i] for i in rows])
             ids, mask = batch.input_ids, batch.attention_mask

@@ -16,34 +16,25 @@ into the base weights for ``load_model("embedded")``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import random
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from .configs import ORGANISM_DEFAULTS as DEFAULTS
+from .console import progress_bar
 from .paths import atomic_write_bytes, atomic_write_text, cache_dir
 from .refusals import all_refusals, refusals
 from .scoring import refusal_rate
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_FORMAT = "refusal_lens-lora-v1"
-# The shipped adapter's configuration (``threads`` fixes CPU float summation order, so a
-# retrain with the same seed and thread count reproduces the adapter bit for bit).
-DEFAULTS: dict[str, Any] = {
-    "r": 8, "lora_alpha": 16, "lr": 5e-4, "epochs": 3, "batch_size": 8, "n_harmful": 320,
-    "n_harmless": 512, "harmless_weight": 2.0, "distill_tokens": 64, "weight_decay": 0.0,
-    "warmup_frac": 0.1, "first_layer": 8, "harmless_tokens": 24, "threads": 2,
-    "decision_tokens": 3, "decision_weight": 4.0,
-}
 EVAL_TOKENS = 64
 CE_TOKENS = 64
 
@@ -76,7 +67,7 @@ def greedy_ids(model, tok, prompts: Sequence[str], max_new_tokens: int, batch_si
     """Greedy response token ids per formatted prompt, cut after the first eos (kept)."""
     eos = tok.eos_token_id
     out: list[list[int]] = []
-    for s in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+    for s in progress_bar(range(0, len(prompts), batch_size), desc=desc, leave=False):
         enc = tok(list(prompts[s : s + batch_size]), add_special_tokens=False, padding=True,
                   return_tensors="pt")
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -220,8 +211,8 @@ def _lower_states(model, examples, first_layer: int, batch_size: int, progress: 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]))
     states: list[torch.Tensor | None] = [None] * len(examples)
     with _only_layers(model, 0, first_layer, final_norm=False) as inner:
-        for s in tqdm(range(0, len(order), batch_size), desc=f"layers 0-{first_layer - 1}",
-                      disable=not progress, leave=False):
+        for s in progress_bar(range(0, len(order), batch_size),
+                              desc=f"layers 0-{first_layer - 1}", disable=not progress, leave=False):
             idx = order[s : s + batch_size]
             ids, mask, _ = _batch([examples[i] for i in idx], 0)
             h = inner(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -299,7 +290,7 @@ def train_adapter(seed: int = 0, progress: bool = True, **hparams: Any) -> dict[
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     pm.train()
-    bar = tqdm(total=total, desc="training organism", disable=not progress)
+    bar = progress_bar(total=total, desc="training organism", disable=not progress)
     losses = []
     for epoch, batches in enumerate(plan):
         for idx in batches:
@@ -449,37 +440,3 @@ def record_reproduction(out_dir: Path, other_dir: Path) -> dict[str, Any]:
     card["reproduction"] = rep
     atomic_write_text(out_dir / "card.json", json.dumps(card, indent=2) + "\n")
     return card
-
-
-# --------------------------------------------------------------------------- CLI
-def organism_cli(argv: list[str] | None = None) -> int:
-    """``refusal-lens organism train|eval``."""
-    p = argparse.ArgumentParser(prog="refusal-lens organism",
-                                description="Train or evaluate the refusal model organism.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="fine-tune the LoRA safety adapter")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, default=None, help="output directory (default: package)")
-    for k, v in DEFAULTS.items():
-        t.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=None, help=f"default {v}")
-    t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    t.add_argument("--eval-n", type=int, default=None, help="evaluate on the first N of each set")
-    e = sub.add_parser("eval", help="refusal rates and capability check")
-    e.add_argument("--model", default="embedded")
-    e.add_argument("--n", type=int, default=None, help="first N prompts of each test set")
-    args = p.parse_args(argv)
-    if args.cmd == "train":
-        hp = {k: getattr(args, k) for k in DEFAULTS}
-        card = train_organism(seed=args.seed, out_dir=args.out, evaluate=not args.no_eval,
-                              eval_n=args.eval_n, **hp)
-        print(json.dumps({k: card[k] for k in ("training", "evaluation") if k in card}, indent=2))
-        return 0
-    from .model import load_model
-
-    res = evaluate_organism(load_model(args.model), n=args.n)
-    print(json.dumps(res, indent=2))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(organism_cli())

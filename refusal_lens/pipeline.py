@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .directions import Direction
-from .evaluation import DECISION_RULE, evaluate_baseline, evaluate_direction, summarize
+from .console import note, plan, run_summary, stage, step, tracked
 from .paths import atomic_write_text
-from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
-from .selection import SelectionConfig, dumps, select_direction
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where used: `refusal-lens run --help` is fast
+    from .directions import Direction
+    from .scoring import Judge
+    from .selection import SelectionConfig
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
            "run_cli", "render_markdown", "induce_ranking", "FAST"]
@@ -147,6 +149,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
                               "force=True (--force) to overwrite its files, or choose another.")
 
 
+@tracked
 def run_pipeline(
     model: Any = "embedded",
     out_dir: str | Path = "runs/embedded",
@@ -176,8 +179,13 @@ def run_pipeline(
     the figures ``candidate_scores.html`` and ``refusal_rates.html``. Returns the report dict.
     ``direction`` (a ``Direction`` or saved path) skips fitting and selection.
     """
+    from .directions import Direction
+    from .evaluation import (DECISION_RULE, evaluate_baseline, evaluate_direction,
+                             evaluation_steps, summarize)
     from .model import load_model
     from .plots import candidate_scores_figure, refusal_rates_figure, save_figure
+    from .scoring import SubstringJudge, discover_refusal_tokens, refusal_token_ids
+    from .selection import SelectionConfig, dumps, select_direction
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -195,6 +203,9 @@ def run_pipeline(
     cfg.n_screen = n_screen or cfg.n_screen
     cfg.top_k = top_k or cfg.top_k
     out.mkdir(parents=True, exist_ok=True)
+    base_steps, seed_steps = evaluation_steps(orthogonalized)  # selection counts as 3 steps
+    plan((not refusal_tokens) + base_steps + len(seeds) * (3 * (given is None) + seed_steps),
+         f"refusal-lens run ({lm.name})", enabled=progress)
     timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     notes: list[str] = []
     if lm.info.get("organism") is False:
@@ -208,8 +219,9 @@ def run_pipeline(
         rt = {"ids": refusal_token_ids(lm.tokenizer, refusal_tokens), "source": "given"}
         rt["tokens"] = lm.tokenizer.convert_ids_to_tokens(rt["ids"])
     else:
-        rt = discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
-                                     batch_size=batch_size, progress=progress)
+        with step("refusal tokens"):
+            rt = discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
+                                         batch_size=batch_size, progress=progress)
         if rt["source"] == "fallback":
             notes.append(f"the model refused none of {rt['n_prompts']} harmful training prompts; "
                          f"refusal tokens fell back to {rt['tokens']}")
@@ -227,9 +239,10 @@ def run_pipeline(
         t = time.perf_counter()
         if given is None:
             cfg.seed = seed
-            sel = select_direction(lm, fit.harmful_train, fit.harmless_train, fit.harmful_val,
-                                   fit.harmless_val, rt["ids"], cfg, dataset_hash=fit.hash(),
-                                   progress=progress)
+            with step(f"seed {seed} · selection", weight=3):
+                sel = select_direction(lm, fit.harmful_train, fit.harmless_train, fit.harmful_val,
+                                       fit.harmless_val, rt["ids"], cfg, dataset_hash=fit.hash(),
+                                       progress=progress)
             selections[seed], d = sel, sel.direction
             notes += [f"seed {seed}: {n}" for n in sel.notes]
         else:
@@ -237,11 +250,13 @@ def run_pipeline(
         directions[seed] = d
         timing[f"select_seed{seed}_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens, batch_size,
-                                           orthogonalized, progress, gen_batch_size))
+        with stage(f"seed {seed}"):
+            per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens,
+                                               batch_size, orthogonalized, progress, gen_batch_size))
         timing[f"evaluate_seed{seed}_s"] = time.perf_counter() - t
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)
+    note("writing files and figures")
 
     # ---- files -------------------------------------------------------------------------
     first = seeds[0]
@@ -327,6 +342,8 @@ def _f(x: Any, digits: int = 3) -> str:
 
 def render_markdown(r: dict[str, Any]) -> str:
     """The human-readable summary: verdict, rates table, capability, selection, notes."""
+    from .evaluation import DECISION_RULE
+
     lines = [f"# Refusal direction: {r['model']}", "",
              f"**Verdict: {r['verdict']}**  ", f"Created {r['created']}; "
              f"{r['data']['n_harmful_test']} harmful / {r['data']['n_harmless_test']} harmless "
@@ -437,7 +454,8 @@ def _why(target: str, r: dict[str, Any]) -> str:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     """``refusal-lens run``: the whole pipeline from the command line."""
     p = argparse.ArgumentParser(prog="refusal-lens run", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="embedded", help="model spec (default: embedded)")
+    p.add_argument("--model", default="embedded", metavar="SPEC", help="model spec (default: "
+                   "embedded); see `refusal-lens info --help` for the choices")
     p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<time>)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1)")
@@ -448,6 +466,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
                         "this much energy (0.95; 0 = the paper's exact vectors)")
     p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
     a = p.parse_args(argv)
+    from .selection import SelectionConfig
+
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
     if a.seeds:
         kw["seeds"] = tuple(a.seeds)
@@ -459,6 +479,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         kw["selection"] = SelectionConfig(sink_energy=a.sink_energy)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
+    t0 = time.time()
     report = run_pipeline(a.model, out, force=a.force, **kw)
-    print(f"verdict: {report['verdict']}  (report: {Path(out) / 'report.md'})")
+    print(run_summary(report, out, since=t0))
     return 0

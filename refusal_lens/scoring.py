@@ -193,7 +193,7 @@ def completion_cross_entropy(
     mean last-position ``KL(reference || this)``. ``max_completion_tokens`` truncates each
     completion to its first tokens.
     """
-    from tqdm.auto import tqdm
+    from .console import progress_bar
 
     if len(instructions) != len(completions) or not instructions:
         raise ValueError("Pass equally long, non-empty lists of instructions and completions.")
@@ -208,7 +208,7 @@ def completion_cross_entropy(
     total, count = 0.0, 0
     lasts: list[Tensor | None] = [None] * len(all_rows)
     groups = length_batches([len(p) + len(c) for p, c in all_rows], batch_size, 128 * batch_size)
-    for group in tqdm(groups, desc="cross-entropy", disable=not progress, leave=False):
+    for group in progress_bar(groups, desc="cross-entropy", disable=not progress, leave=False):
         rows = [all_rows[i] for i in group]
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)

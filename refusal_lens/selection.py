@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .activations import ActivationError, iter_batches
+from .console import progress_bar
 from .directions import Direction, random_like
 from .interventions import ablation_hooks, addition_hooks
 from .runner import tag
@@ -348,8 +348,8 @@ def select_direction(
                              "activations do not differ at the post-instruction positions.")
     vec_of = {(s.layer, s.position): diffs[layers.index(s.layer), positions.index(s.position)]
               for s in live}
-    for i in tqdm(range(0, len(live), cfg.group), desc=f"screening {len(live)} candidates",
-                  disable=not progress):
+    for i in progress_bar(range(0, len(live), cfg.group), desc=f"screening {len(live)} candidates",
+                          disable=not progress, leave=False):
         chunk = live[i:i + cfg.group]
         for s, b in zip(chunk, bypass([vec_of[(s.layer, s.position)] for s in chunk], screen)):
             s.screen_bypass = b
@@ -367,7 +367,8 @@ def select_direction(
     kls = kl(top_vecs + rand) if top else []
     for s, b, k in zip(top, bypass(top_vecs) if top else [], kls):
         s.bypass, s.kl, s.scored = b, k, True
-    for s in tqdm(top, desc=f"scoring top {len(top)}", disable=not progress):
+    for s in progress_bar(top, desc=f"scoring top {len(top)}", disable=not progress,
+                          leave=False):
         s.induce = induce(vec_of[(s.layer, s.position)], s.layer)
     kl_random = float(sum(kls[len(top):]) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()

@@ -12,7 +12,6 @@ refusal token at the first answer position (both purely behavioural).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -26,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from .configs import DEFAULT_TARGET, GCGConfig
+from .console import progress_bar
 
 if TYPE_CHECKING:
     from .model import LensModel
 
 MARK = "@@SUFFIX@@"
-DEFAULT_TARGET = "Sure, here is"
 
 
 class SuffixError(ValueError):
@@ -43,7 +43,7 @@ class SuffixError(ValueError):
 def apply_suffix(instructions: Sequence[str], suffix: str) -> list[str]:
     """``instruction + " " + suffix`` for each instruction (the suffix is stripped first)."""
     if not isinstance(suffix, str) or not suffix.strip():
-        raise ValueError("The suffix is empty: pass the text of a suffix (see suffix_cli search).")
+        raise ValueError("The suffix is empty: pass the text of a suffix (see `refusal-lens suffix search`).")
     if isinstance(instructions, str):
         raise TypeError("apply_suffix() takes a list of instructions; wrap one as [text].")
     return [f"{x} {suffix.strip()}" for x in instructions]
@@ -145,22 +145,6 @@ def in_context_ok(model: "LensModel", instructions: Sequence[str], suffix: str) 
 
 
 # ---- the search -----------------------------------------------------------------------------
-@dataclass
-class GCGConfig:
-    """Search settings (see :func:`gcg_search`)."""
-
-    n_tokens: int = 20
-    steps: int = 100
-    topk: int = 64
-    batch: int = 64
-    target: str = DEFAULT_TARGET
-    refusal_weight: float = 1.0
-    seed: int = 0
-    early_stop: bool = True
-    init: str | None = None
-    max_seconds: float | None = None
-
-
 @dataclass
 class SuffixResult:
     """The best suffix found and how the search went."""
@@ -324,7 +308,7 @@ def gcg_search(model: "LensModel", instructions: Sequence[str], config: GCGConfi
         obj = _Objective(model, list(instructions), cfg)
         best_loss, best_hit = (float(x[0]) for x in obj.losses(ids[None]))
         best_ids, best_step, losses, dropped, stopped = ids.clone(), 0, [best_loss], 0, False
-        bar = tqdm(range(1, cfg.steps + 1), desc="GCG", disable=not progress, leave=False)
+        bar = progress_bar(range(1, cfg.steps + 1), desc="GCG", disable=not progress, leave=False)
         for step in bar:
             if cfg.early_stop and best_hit:
                 stopped = True
@@ -440,56 +424,3 @@ def shipped_suffix(model_name: str = "embedded") -> dict:
     if model_name not in data:
         raise KeyError(f"No shipped suffix for {model_name!r}; available: {sorted(data)}.")
     return data[model_name]
-
-
-# ---- command line ---------------------------------------------------------------------------
-def suffix_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens suffix {search,random}``."""
-    parser = argparse.ArgumentParser(prog="refusal-lens suffix", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("search", help="GCG search of a universal suffix on harmful train prompts")
-    s.add_argument("--model", default="embedded")
-    s.add_argument("--n-prompts", type=int, default=4)
-    s.add_argument("--steps", type=int, default=100)
-    s.add_argument("--suffix-len", type=int, default=20)
-    s.add_argument("--topk", type=int, default=64)
-    s.add_argument("--batch", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--target", default=DEFAULT_TARGET)
-    s.add_argument("--refusal-weight", type=float, default=1.0)
-    s.add_argument("--no-early-stop", action="store_true")
-    s.add_argument("--max-minutes", type=float, default=None, help="stop the search after this")
-    s.add_argument("--out", default=None, help="write the result as JSON here (else stdout)")
-    r = sub.add_parser("random", help="a random suffix from the same filtered vocabulary")
-    r.add_argument("--model", default="embedded")
-    r.add_argument("--suffix-len", type=int, default=20)
-    r.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from .model import load_model
-
-    model = load_model(args.model)
-    if args.cmd == "random":
-        print(random_suffix(model, args.suffix_len, args.seed))
-        return 0
-    if args.model == "synthetic":
-        pool = list(model.info["synthetic"].harmful)
-    else:
-        from .datasets import load_splits
-
-        pool = load_splits(seed=0).harmful_train
-    prompts = refused_prompts(model, pool, args.n_prompts)
-    cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk, batch=args.batch,
-                    target=args.target, refusal_weight=args.refusal_weight, seed=args.seed,
-                    early_stop=not args.no_early_stop,
-                    max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    res = gcg_search(model, prompts, cfg).to_dict()
-    res["command"] = "refusal-lens suffix " + " ".join(argv or [])
-    text = json.dumps(res, indent=2)
-    if args.out:
-        from .paths import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-        print(f"suffix {res['suffix']!r} (loss {res['loss']:.3f}) -> {args.out}")
-    else:
-        print(text)
-    return 0

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from .console import progress_bar
 
 if TYPE_CHECKING:
     from .directions import Direction
@@ -108,8 +109,8 @@ def cosine_traces(
     if not conditions:
         raise ValueError("Pass at least one condition, e.g. {'harmful': [...]}.")
     values = {}
-    for name, instrs in tqdm(conditions.items(), desc="conditions", disable=not progress,
-                             leave=False):
+    for name, instrs in progress_bar(conditions.items(), desc="conditions", disable=not progress,
+                                     leave=False):
         if len(instrs) == 0:
             raise ValueError(f"Condition {name!r} has no prompts.")
         values[name] = last_token_cosines(model, instrs, direction, include_final, batch_size)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refusal_lens.suffixes import (GCGConfig, SuffixError, apply_suffix, gcg_search,
-                                   ids_to_suffix, in_context_ok, random_suffix, suffix_cli,
+                                   ids_to_suffix, in_context_ok, random_suffix,
                                    suffix_conditions, suffix_ids, suffix_vocab)
 
 
@@ -108,18 +108,6 @@ def test_suffix_conditions():
     assert c["harmless"] == ["d"]
     with pytest.raises(ValueError):
         suffix_conditions(["a"], None, "ADV", [])
-
-
-def test_cli_random(capsys):
-    assert suffix_cli(["random", "--model", "synthetic", "--suffix-len", "6", "--seed", "1"]) == 0
-    assert len(capsys.readouterr().out.split()) == 6
-
-
-def test_main_cli_dispatches_suffix(capsys):
-    from refusal_lens.cli import main
-
-    assert main(["suffix", "random", "--model", "synthetic", "--suffix-len", "3"]) == 0
-    assert len(capsys.readouterr().out.split()) == 3
 
 
 @pytest.mark.embedded
