@@ -9,7 +9,7 @@ OUT    ?= runs/embedded
 # CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: setup run test test-fast bench figures clean
+.PHONY: setup run test test-fast bench figures notebooks clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	for f in analyses/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$f || exit 1; done
+
+# re-execute the notebooks in place (fast mode) so they are saved with their outputs
+notebooks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -172,6 +172,7 @@ import os, sys, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 t = time.perf_counter()
 import refusal_lens as rl
+import refusal_lens.model  # torch and transformers (``import refusal_lens`` alone is lazy)
 t1 = time.perf_counter()
 rl.load_model("embedded")
 print(t1 - t, time.perf_counter() - t1)
@@ -240,7 +241,8 @@ def bench_cli(repeat: int = 3) -> dict:
         seconds[f"refusal-lens {cmd} --help".replace("  ", " ")] = round(best, 3)
     bare, _ = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
     return {"help_s": seconds, "slowest_help_s": max(seconds.values()),
-            "slowest": max(seconds, key=seconds.get), "python_startup_s": round(bare, 3)}
+            "slowest": max(seconds, key=seconds.get), "python_startup_s": round(bare, 3),
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 BENCHES = ("load", "extraction", "memory", "generation", "selection", "cli")

@@ -7,9 +7,15 @@ are imported on first use, so the command line can print its help without loadin
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
+
+# Without ipywidgets, tqdm.auto (used by transformers) warns "IProgress not found" in every
+# notebook kernel before falling back to text bars; refusal_lens chooses text bars there itself
+# (refusal_lens.console), so the hint is noise. Installing ipywidgets gives widget bars instead.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 # public name -> module that defines it (imported on first attribute access)
 _LAZY: dict[str, str] = {

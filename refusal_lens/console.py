@@ -53,7 +53,8 @@ def progress_bar(iterable: Iterable | None = None, desc: str = "", **kwargs: Any
     desc = f"{here} · {desc}" if here and desc else here or desc
     if _in_notebook():  # text bars in a notebook: fewer redraws, each is an output message
         kwargs.setdefault("mininterval", 1.0)
-    return _bar_class()(iterable, desc=desc, dynamic_ncols=True, **kwargs)
+    kwargs.setdefault("dynamic_ncols", True)
+    return _bar_class()(iterable, desc=desc, **kwargs)
 
 
 @contextmanager

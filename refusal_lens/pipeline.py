@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # torch-heavy modules are imported where used: `refusal-lens 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
            "run_cli", "render_markdown", "induce_ranking", "FAST"]
 
+#: Progress steps one seed's selection counts for, so that the time left is truer: on the
+#: embedded organism selection takes about as long as four evaluation arms (README run times).
+SELECT_STEPS = 4
 #: Small counts for smoke tests (``--fast``).
 FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
 
@@ -203,8 +206,9 @@ def run_pipeline(
     cfg.n_screen = n_screen or cfg.n_screen
     cfg.top_k = top_k or cfg.top_k
     out.mkdir(parents=True, exist_ok=True)
-    base_steps, seed_steps = evaluation_steps(orthogonalized)  # selection counts as 3 steps
-    plan((not refusal_tokens) + base_steps + len(seeds) * (3 * (given is None) + seed_steps),
+    base_steps, seed_steps = evaluation_steps(orthogonalized)
+    plan((not refusal_tokens) + base_steps
+         + len(seeds) * (SELECT_STEPS * (given is None) + seed_steps),
          f"refusal-lens run ({lm.name})", enabled=progress)
     timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     notes: list[str] = []
@@ -239,7 +243,7 @@ def run_pipeline(
         t = time.perf_counter()
         if given is None:
             cfg.seed = seed
-            with step(f"seed {seed} · selection", weight=3):
+            with step(f"seed {seed} · selection", weight=SELECT_STEPS):
                 sel = select_direction(lm, fit.harmful_train, fit.harmless_train, fit.harmful_val,
                                        fit.harmless_val, rt["ids"], cfg, dataset_hash=fit.hash(),
                                        progress=progress)

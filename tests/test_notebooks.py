@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ runs top to bottom (FAST mode, offline) on the venv's kernel."""
+"""Every notebook in notebooks/ runs top to bottom (FAST mode, offline) on the venv's kernel,
+and is committed with its outputs (figures as interactive plotly data plus a PNG image)."""
 
 from __future__ import annotations
 
@@ -47,11 +48,42 @@ def test_notebook_executes(path, venv_kernel):
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name=venv_kernel, timeout=1800, allow_errors=False,
+                            coalesce_streams=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError (with the failing cell) on any error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    _check_streams(nb)
+
+
+def _check_streams(nb) -> None:
+    """Progress bars do not flood the output: no widget fallback warning, and at most one
+    stdout and one stderr output per cell (each redraw resolved, as Jupyter shows it)."""
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        streams = [o for o in cell.outputs if o.output_type == "stream"]
+        assert len(streams) == len({o.name for o in streams}) <= 2, cell.source[:80]
+        for o in streams:
+            assert "IProgress" not in o.text and "TqdmWarning" not in o.text, o.text[:300]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_with_outputs(path):
+    """What a reader browsing the repository sees: every code cell ran, in order, without
+    errors, and every figure is there both as interactive plotly data and as a PNG image."""
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), \
+        "not executed top to bottom: run `python notebooks/execute.py`"
+    assert all(o.output_type != "error" for c in code for o in c.outputs)
+    bundles = [o.data for c in code for o in c.outputs if "data" in o]
+    figures = [b for b in bundles if "application/vnd.plotly.v1+json" in b]
+    assert figures, "no figure in the saved outputs"
+    for b in figures:
+        assert b["image/png"].strip(), "a figure without its static image"
+    _check_streams(nb)
+    assert nb.metadata["refusal_lens"]["fast"] is True  # the saved outputs are fast mode
 
 
 def test_failing_cell_fails(venv_kernel, tmp_path):
