@@ -153,7 +153,8 @@ def suffix_cli(argv: Sequence[str] | None = None) -> int:
                    help="candidate tokens per position (largest negative gradient)")
     s.add_argument("--batch", type=int, default=g.batch, metavar="N",
                    help="candidate suffixes scored per step")
-    s.add_argument("--seed", type=int, default=g.seed, help="seed of the initial suffix and sampling")
+    s.add_argument("--seed", type=int, default=g.seed,
+                   help="seed of the initial suffix and sampling")
     s.add_argument("--target", default=g.target, metavar="TEXT",
                    help="compliant answer opening whose cross-entropy is minimised")
     s.add_argument("--refusal-weight", type=float, default=g.refusal_weight, metavar="W",

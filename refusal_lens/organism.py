@@ -211,8 +211,8 @@ def _lower_states(model, examples, first_layer: int, batch_size: int, progress: 
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]))
     states: list[torch.Tensor | None] = [None] * len(examples)
     with _only_layers(model, 0, first_layer, final_norm=False) as inner:
-        for s in progress_bar(range(0, len(order), batch_size),
-                              desc=f"layers 0-{first_layer - 1}", disable=not progress, leave=False):
+        for s in progress_bar(range(0, len(order), batch_size), desc=f"layers 0-{first_layer - 1}",
+                              disable=not progress, leave=False):
             idx = order[s : s + batch_size]
             ids, mask, _ = _batch([examples[i] for i in idx], 0)
             h = inner(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -256,7 +256,8 @@ def run_pipeline(
         t = time.perf_counter()
         with stage(f"seed {seed}"):
             per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens,
-                                               batch_size, orthogonalized, progress, gen_batch_size))
+                                               batch_size, orthogonalized, progress,
+                                               gen_batch_size))
         timing[f"evaluate_seed{seed}_s"] = time.perf_counter() - t
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)

@@ -43,7 +43,8 @@ class SuffixError(ValueError):
 def apply_suffix(instructions: Sequence[str], suffix: str) -> list[str]:
     """``instruction + " " + suffix`` for each instruction (the suffix is stripped first)."""
     if not isinstance(suffix, str) or not suffix.strip():
-        raise ValueError("The suffix is empty: pass the text of a suffix (see `refusal-lens suffix search`).")
+        raise ValueError("The suffix is empty: pass the text of a suffix "
+                         "(see `refusal-lens suffix search`).")
     if isinstance(instructions, str):
         raise TypeError("apply_suffix() takes a list of instructions; wrap one as [text].")
     return [f"{x} {suffix.strip()}" for x in instructions]

@@ -105,7 +105,7 @@ with contextlib.redirect_stdout(io.StringIO()):
         main({argv!r})
     except SystemExit as e:
         assert e.code == 0, e.code
-heavy = sorted(m for m in ("torch", "transformers", "transformer_lens", "plotly") if m in sys.modules)
+heavy = [m for m in ("torch", "transformers", "transformer_lens", "plotly") if m in sys.modules]
 print(",".join(heavy))
 """
 

@@ -98,7 +98,8 @@ def test_run_summary(tmp_path):
     (tmp_path / "sub" / "a.json").write_text("{}")
     report = {"verdict": "SUPPORTED", "timing": {"total_s": 90.0},
               "rates": {"baseline_harmful": {"rate": 0.9, "ci_low": 0.8, "ci_high": 0.95, "n": 20},
-                        "ablation": {"rate": float("nan"), "ci_low": None, "ci_high": None, "n": 0}},
+                        "ablation": {"rate": float("nan"), "ci_low": None, "ci_high": None,
+                                     "n": 0}},
               "directions": {"0": {"layer": 5, "position": -1}}}
     text = run_summary(report, tmp_path, since=since)
     assert f"Wrote 2 file(s) to {tmp_path}/" in text
@@ -106,7 +107,8 @@ def test_run_summary(tmp_path):
     assert "baseline_harmful  0.90   [0.80, 0.95]  20" in text
     assert "ablation          n/a   [n/a, n/a]  0" in text
     assert "seed 0 layer 5 position -1" in text
-    assert text.endswith(f"Verdict: SUPPORTED  (run time 1.5 min)\nReport: {tmp_path / 'report.md'}")
+    assert text.endswith("Verdict: SUPPORTED  (run time 1.5 min)\n"
+                         f"Report: {tmp_path / 'report.md'}")
     assert "old.txt" in run_summary(report, tmp_path)
 
 
@@ -121,8 +123,10 @@ def test_pipeline_steps_add_up(bars, synthetic, tmp_path):
     assert overall.desc.startswith("refusal-lens run") and overall.n == overall.total
     names = {b.desc for b in bars[1:]}
     for want in ("refusal tokens · generating", "baseline · harmful · generating",
-                 "seed 1 · selection · screening", "seed 1 · random_ablation · harmful · generating",
+                 "seed 1 · selection · screening",
+                 "seed 1 · random_ablation · harmful · generating",
                  "seed 0 · orthogonalized · capability · cross-entropy",
                  "seed 0 · addition · harmless · generating"):
         assert any(n.startswith(want) for n in names), (want, sorted(names))
-    assert json.loads((tmp_path / "run" / "report.json").read_text())["verdict"] == report["verdict"]
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["verdict"] == report["verdict"]
