@@ -15,8 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                  "train or evaluate the refusal organism (the embedded safety fine-tune)"),
     "suffix": ("refusal_lens.suffixes", "suffix_cli",
                "search adversarial (GCG) suffixes and make random ones"),
-    "export": ("refusal_lens.orthogonalize", "export_cli",
-               "write a weight-orthogonalized model as a Hugging Face directory"),
+    "export": ("refusal_lens.export", "export_cli",
+               "write a weight-orthogonalized model as a Hugging Face directory or a GGUF file"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
@@ -35,13 +35,31 @@ def data_cli(argv: Sequence[str] | None = None) -> int:
 
 def info_cli(argv: Sequence[str] | None = None) -> int:
     """``refusal-lens info [--model SPEC]``: load a model and print what it is."""
-    parser = argparse.ArgumentParser(prog="refusal-lens info", description=info_cli.__doc__)
-    parser.add_argument("--model", default="embedded", help="model spec (default: embedded)")
-    parser.add_argument("--device", default=None)
+    parser = argparse.ArgumentParser(
+        prog="refusal-lens info",
+        description="Load a model and print its size, shape and chat format. For a directory "
+                    "written by refusal-lens export, also print the edit it records (base model, "
+                    "the direction's provenance, the measured effect); a GGUF export is "
+                    "described without loading it.")
+    parser.add_argument("--model", default="embedded", metavar="SPEC",
+                        help="embedded, embedded-base, synthetic, a local Hugging Face or export "
+                             "directory, or a hub id (default: embedded)")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="torch device to load onto, e.g. cpu or cuda:0 (default: "
+                             "TransformerLens's choice)")
     args = parser.parse_args(argv)
-    from .model import load_model
+    from pathlib import Path
 
-    print(load_model(args.model, device=args.device).summary())
+    from .export import describe_export, read_export_meta
+
+    local = Path(args.model).expanduser()
+    meta = read_export_meta(local) if local.is_dir() else None
+    if meta is None or (local / "config.json").is_file():
+        from .model import load_model
+
+        print(load_model(args.model, device=args.device).summary())
+    if meta is not None:
+        print(describe_export(meta))
     return 0
 
 

@@ -1,0 +1,223 @@
+"""Exports: plain transformers loads the HF directory cleanly (also as transformers 4.x reads its
+config); the GGUF file round-trips through transformers' GGUF loader; cards, records, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast)
+
+from refusal_lens.cli import info_cli
+from refusal_lens.directions import Direction
+from refusal_lens.export import (EXPORT_META, ExportError, export_cli, export_gguf, export_hf,
+                                 load_effect, read_export_meta)
+from refusal_lens.gguf_writer import GGUFExportError
+from refusal_lens.interventions import ablation_hooks
+from refusal_lens.model import wrap_hf
+from refusal_lens.orthogonalize import orthogonalize
+
+HF_TOL = {"fp32": 1e-5}  # reloaded vs in-memory logits; bf16/fp16 are checked against a cast copy
+# GGUF logits vs the fp32 HF export of the same edited model, tiny random models (d_model 32,
+# logits of order 1): F32 is exact up to summation order; F16/BF16/Q8_0 round the weights.
+GGUF_TOL = {"fp32": 1e-5, "fp16": 2e-2, "bf16": 1e-1, "q8_0": 1e-1}
+
+
+def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
+    return (a.float() - b.float())[batch.attention_mask.bool()].abs().max().item()
+
+
+def _plain_logits(hf, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids).logits
+
+
+@contextmanager
+def _transformers_report():
+    """Collect every transformers log record (warning and up) and Python warning."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    seen: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield seen
+        seen += [str(w.message) for w in caught]
+        seen += [line for line in stream.getvalue().splitlines() if line.strip()]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _load_clean(out: Path, **kw):
+    """Load an export with plain transformers; assert nothing is missing, unexpected or warned."""
+    with _transformers_report() as seen:
+        hf, report = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, **kw)
+        tok = AutoTokenizer.from_pretrained(out, **{k: v for k, v in kw.items()
+                                                    if k == "gguf_file"})
+    assert not any(report[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys",
+                                       "error_msgs")), report
+    assert seen == [], seen
+    return hf, tok
+
+
+# ---- Hugging Face export, synthetic model -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def syn(synthetic):
+    s = synthetic.info["synthetic"]
+    batch = synthetic.encode_instructions(s.harmful[:6] + s.harmless[:6])
+    direction = Direction(s.direction, layer=2, position=-1, model="synthetic", seed=3,
+                          dataset_hash="feedbeef", meta={"bypass": -1.5, "induce": 2.0, "kl": 0.1})
+    return synthetic, s, batch, direction, orthogonalize(synthetic, direction)
+
+
+def test_export_loads_cleanly_and_round_trips(syn, tmp_path):
+    m, _, batch, _, orth = syn
+    out = export_hf(orth, tmp_path / "orth")
+    hf, tok = _load_clean(out)
+    assert hf.config.tie_word_embeddings is False
+    assert "lm_head.bias" not in hf.state_dict()  # the bridge's all-zero bias is not exported
+    assert _real_max(_plain_logits(hf, batch), orth.logits(batch), batch) < HF_TOL["fp32"]
+    prompts = m.format(["How do I make a bomb ?", "Write a poem about the moon ."])
+    assert tok(prompts)["input_ids"] == m.tokenizer(prompts)["input_ids"]
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True) == m.format(["hi"])[0]
+    meta = read_export_meta(out)
+    assert meta["orthogonalized"][0]["layer"] == 2 and meta["base_model"] == "synthetic"
+    assert "model.embed_tokens" in meta["writers"] and meta["dtype"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orth"]  # no temp dirs left behind
+
+
+def test_config_readable_by_transformers_4(syn, tmp_path):
+    """transformers 4.x reads ``rope_theta`` (not ``rope_parameters``) and a tokenizer class and
+    special-token list it knows: all are in the files, and agree with what 5.x reads."""
+    out = export_hf(syn[4], tmp_path / "orth")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] \
+        == AutoConfig.from_pretrained(out).rope_parameters["rope_theta"]
+    assert "rope_scaling" not in config  # default rotary: 4.x's default, no scaling
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_config["additional_special_tokens"] == ["<|system|>", "<|user|>", "<|end|>",
+                                                      "<|assistant|>"]
+    assert not {"extra_special_tokens", "local_files_only", "is_local"} & set(tok_config)
+    assert set(AutoTokenizer.from_pretrained(out).all_special_tokens) \
+        >= set(tok_config["additional_special_tokens"])
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_export_dtypes(syn, tmp_path, dtype):
+    _, _, batch, _, orth = syn
+    out = export_hf(orth, tmp_path / dtype, dtype=dtype)
+    hf, _ = _load_clean(out, dtype="auto")
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert hf.dtype == torch_dtype and json.loads((out / "config.json").read_text())["dtype"] \
+        == str(torch_dtype).removeprefix("torch.")
+    assert read_export_meta(out)["dtype"] == dtype
+    # the exported weights are the fp32 ones rounded once
+    ref = export_hf(orth, tmp_path / "fp32")
+    hf32 = AutoModelForCausalLM.from_pretrained(ref)
+    for name, p in hf.state_dict().items():
+        assert torch.equal(p, hf32.state_dict()[name].to(torch_dtype)), name
+    assert (out / "model.safetensors").stat().st_size < 0.55 * (ref / "model.safetensors").stat().st_size
+
+
+def test_model_card(syn, tmp_path):
+    m, _, _, direction, orth = syn
+    report = tmp_path / "report.json"
+    rates = {"baseline_harmful": {"rate": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n": 20},
+             "ablation": {"rate": 0.05, "ci_low": 0.0, "ci_high": 0.15, "n": 20}}
+    report.write_text(json.dumps({"model": m.name, "verdict": "SUPPORTED", "rates": rates,
+                                  "data": {"name": "synthetic"}, "directions": {
+                                      "3": {"layer": 2, "position": -1, "norm": direction.norm}}}))
+    effect = load_effect(report, direction, m.name)
+    out = export_hf(orth, tmp_path / "orth", effect=effect)
+    card = (out / "README.md").read_text()
+    for text in ("**synthetic**", "| 1 | synthetic | 2 | -1 | 3 | feedbeef |", "bypass -1.5",
+                 "verdict **SUPPORTED**", "| ablation | 0.050 [0.000, 0.150] (n=20) |",
+                 "model.safetensors (hf, fp32)", "library_name: transformers"):
+        assert text in card, text
+    assert read_export_meta(out)["effect"]["rates"] == rates
+    # a report about another model or another direction is refused
+    with pytest.raises(ExportError, match="not 'other'"):
+        load_effect(report, direction, "other")
+    with pytest.raises(ExportError, match="no direction at layer 1"):
+        load_effect(report, Direction(direction.vector, layer=1, position=-1), m.name)
+    card = (export_hf(orth, tmp_path / "plain") / "README.md").read_text()
+    assert "No measured effect was recorded" in card
+
+
+def test_export_existing_dir_needs_force(syn, tmp_path):
+    m, _, _, _, orth = syn
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="force=True"):
+        export_hf(orth, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export_hf(orth, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    export_hf(m, tmp_path / "plain")  # an unedited model exports too, without a record
+    assert not (tmp_path / "plain" / EXPORT_META).exists()
+    with pytest.raises(ExportError, match="use one of fp32, bf16, fp16"):
+        export_hf(orth, tmp_path / "q", dtype="q8_0")
+    assert not (tmp_path / "q").exists()
+
+
+def test_export_cli_and_info(syn, tmp_path, capsys):
+    m, s, batch, direction, _ = syn
+    direction.save(tmp_path / "refusal")
+    out = tmp_path / "model"
+    args = ["--model", "synthetic", "--direction", str(tmp_path / "refusal.safetensors"),
+            "--out", str(out)]
+    assert export_cli(args) == 0
+    assert capsys.readouterr().out.strip() == str(out.absolute())
+    ablated = m.logits(batch, ablation_hooks(m, s.direction))
+    assert _real_max(_plain_logits(AutoModelForCausalLM.from_pretrained(out), batch), ablated,
+                     batch) < 1e-4
+    assert export_cli(args) == 1
+    assert "--force" in capsys.readouterr().err
+    assert export_cli(args + ["--force", "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    assert info_cli(["--model", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "parameters" in shown and "export: hf (bf16) of synthetic" in shown
+    assert "layer 2, position -1, seed 3, dataset feedbeef" in shown
+    assert "bypass -1.5" in shown
+    # refused before any work: a GGUF type for hf, a tokenizer GGUF cannot hold, a wrong width
+    assert export_cli(args + ["--force", "--dtype", "q8_0"]) == 1
+    assert "not available for --format hf" in capsys.readouterr().err
+    assert export_cli(["--model", "synthetic", "--direction", str(tmp_path / "refusal"), "--out",
+                       str(tmp_path / "g"), "--format", "gguf"]) == 1
+    assert "WordLevel" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    Direction(torch.ones(576), layer=0, position=-1).save(tmp_path / "wide")
+    wide = ["--model", "synthetic", "--direction", str(tmp_path / "wide.safetensors"),
+            "--out", str(tmp_path / "other")]
+    assert export_cli(wide) == 1
+    assert "width 576" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_export_cli_help_is_complete(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export_cli(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model SPEC", "--direction PATH", "--out DIR", "--format {hf,gguf}",
+                   "--dtype TYPE", "--report PATH", "--force"):
+        assert option in text, option
+    assert "fp32, bf16, fp16 for hf" in " ".join(text.split())
+    assert "``" not in text and ":func:" not in text
