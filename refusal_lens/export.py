@@ -132,7 +132,7 @@ def export_gguf(model: Any, out_dir: str | os.PathLike[str], force: bool = False
     from .orthogonalize import _plain_copy
 
     _check_dtype("gguf", dtype)
-    check_gguf_support(model.hf_model.config, model.tokenizer)
+    check_gguf_support(model.hf_model.config, model.tokenizer, dtype)
     name = gguf_name(model, dtype)
     with atomic_directory(out_dir, force) as tmp:
         hf = _plain_copy(model)
@@ -275,8 +275,8 @@ def export_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp32", metavar="TYPE",
                         choices=sorted(set(HF_DTYPES) | set(GGUF_TYPES)),
                         help=f"weight type: {', '.join(HF_DTYPES)} for hf; "
-                             f"{', '.join(GGUF_TYPES)} for gguf (norms and biases stay F32) "
-                             "(default: fp32)")
+                             f"{', '.join(GGUF_TYPES)} for gguf (norms and biases stay F32; "
+                             "q8_0 needs widths that are multiples of 32) (default: fp32)")
     parser.add_argument("--report", default=None, metavar="PATH",
                         help="report.json of the run that measured this direction; its refusal "
                              "rates go into the model card (default: none recorded)")
@@ -296,7 +296,7 @@ def export_cli(argv: list[str] | None = None) -> int:
         direction = Direction.load(args.direction, model=model)
         effect = load_effect(args.report, direction, model.name) if args.report else None
         if args.format == "gguf":
-            check_gguf_support(model.hf_model.config, model.tokenizer)
+            check_gguf_support(model.hf_model.config, model.tokenizer, args.dtype)
         edited = orthogonalize(model, direction)
         export = export_gguf if args.format == "gguf" else export_hf
         path = export(edited, out, force=args.force, dtype=args.dtype, effect=effect)

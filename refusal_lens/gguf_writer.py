@@ -92,13 +92,23 @@ def _rope(text: Any) -> dict[str, Any]:
     return rope
 
 
-def check_gguf_support(config: Any, tokenizer: Any) -> str:
-    """Raise :class:`GGUFExportError` unless a GGUF file can describe this model exactly;
-    return the tokenizer's pre-tokenizer name. Cheap: reads only the config and tokenizer."""
+def check_gguf_support(config: Any, tokenizer: Any, dtype: str = "fp32") -> str:
+    """Raise :class:`GGUFExportError` unless a GGUF file of type ``dtype`` can describe this
+    model exactly; return the tokenizer's pre-tokenizer name. Cheap: reads only the config and
+    tokenizer."""
+    if dtype not in GGUF_TYPES:
+        raise GGUFExportError(f"Unknown GGUF type {dtype!r}; use one of {', '.join(GGUF_TYPES)}.")
     text = _text_config(config)
     kind = getattr(text, "model_type", None)
     heads, hidden = text.num_attention_heads, text.hidden_size
     problems = []
+    if dtype == "q8_0":  # Q8_0 packs rows in blocks of 32 values
+        widths = {"hidden_size": hidden, "intermediate_size": getattr(text, "intermediate_size", 0),
+                  "attention width": heads * (getattr(text, "head_dim", None) or hidden // heads)}
+        odd = [f"{k} {v}" for k, v in widths.items() if v % 32]
+        if odd:
+            problems.append(f"q8_0 needs row widths that are multiples of 32 ({', '.join(odd)}; "
+                            "use fp16)")
     if kind not in _ARCHS:
         problems.append(f"model_type {kind!r} is not llama or qwen2 (the architectures this "
                         "export writes)")
@@ -173,14 +183,11 @@ def _add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int, pre: str) -> None:
 def write_gguf(hf_model: nn.Module, tokenizer: Any, path: str | Path, dtype: str = "fp32",
                name: str = "") -> Path:
     """Write ``hf_model`` (a plain llama/qwen2 ``...ForCausalLM``) and ``tokenizer`` as one GGUF
-    file of type ``dtype`` (a key of :data:`GGUF_TYPES`; ``q8_0`` keeps tensors whose rows are not
-    a multiple of 32 values in F16, as llama.cpp does)."""
+    file of type ``dtype`` (a key of :data:`GGUF_TYPES`), norms and biases in F32."""
     import gguf
     from gguf.quants import quantize
 
-    if dtype not in GGUF_TYPES:
-        raise GGUFExportError(f"Unknown GGUF type {dtype!r}; use one of {sorted(GGUF_TYPES)}.")
-    pre = check_gguf_support(hf_model.config, tokenizer)
+    pre = check_gguf_support(hf_model.config, tokenizer, dtype)
     text = _text_config(hf_model.config)
     kind, heads = text.model_type, text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -223,8 +230,6 @@ def write_gguf(hf_model: nn.Module, tokenizer: Any, path: str | Path, dtype: str
         if kind == "llama" and module.endswith(("self_attn.q_proj", "self_attn.k_proj")):
             data = _permute(data, heads if module.endswith("q_proj") else kv_heads)
         qtype = tensor_type if data.ndim > 1 else gguf.GGMLQuantizationType.F32
-        if qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
-            qtype = gguf.GGMLQuantizationType.F16
         if qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(data))
         elif qtype == gguf.GGMLQuantizationType.F16:

@@ -26,7 +26,7 @@ from refusal_lens.orthogonalize import orthogonalize
 HF_TOL = {"fp32": 1e-5}  # reloaded vs in-memory logits; bf16/fp16 are checked against a cast copy
 # GGUF logits vs the fp32 HF export of the same edited model, tiny random models (d_model 32,
 # logits of order 1): F32 is exact up to summation order; F16/BF16/Q8_0 round the weights.
-GGUF_TOL = {"fp32": 1e-5, "fp16": 2e-2, "bf16": 1e-1, "q8_0": 1e-1}
+GGUF_TOL = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 4e-2, "q8_0": 1e-1}
 
 
 def _real_max(a: torch.Tensor, b: torch.Tensor, batch) -> float:
@@ -221,3 +221,141 @@ def test_export_cli_help_is_complete(capsys):
         assert option in text, option
     assert "fp32, bf16, fp16 for hf" in " ".join(text.split())
     assert "``" not in text and ":func:" not in text
+
+
+# ---- GGUF: tiny llama / qwen2 models with byte-level BPE tokenizers ----------------------
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=96, max_position_embeddings=256)
+
+
+def tiny_model(model_type: str, tok: PreTrainedTokenizerFast, path: Path):
+    """A random ``model_type`` model (non-trivial norms and biases, untied unembedding, a
+    vocabulary padded past the tokenizer's) with a byte-level BPE tokenizer, wrapped."""
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(tok) + 5, bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               tie_word_embeddings=False, rope_theta=50000.0, **TINY)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p) if p.ndim == 1 else 0.05 * torch.randn_like(p))
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return wrap_hf(hf, PreTrainedTokenizerFast.from_pretrained(path), f"tiny-{model_type}",
+                   source=path)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, syn, tmp_path_factory, bpe_tokenizer):
+    _, s, _, _, _ = syn
+    texts = s.harmful + s.harmless
+    tok = bpe_tokenizer(texts, split="qwen2" if request.param == "qwen2" else None)
+    m = tiny_model(request.param, tok, tmp_path_factory.mktemp(request.param) / "src")
+    direction = torch.randn(m.d_model, generator=torch.Generator().manual_seed(2))
+    orth = orthogonalize(m, direction)
+    hf_out = export_hf(orth, tmp_path_factory.mktemp("hf") / "export")
+    prompts = m.format(texts[:3] + texts[-3:] + ["Numbers 12345, tabs\tand ünïcödé!"])
+    return m, orth, hf_out, prompts
+
+
+@pytest.mark.parametrize("dtype", list(GGUF_TOL))
+def test_gguf_round_trip(tiny, dtype, tmp_path):
+    m, orth, hf_out, prompts = tiny
+    out = export_gguf(orth, tmp_path / "gguf", dtype=dtype)
+    kind = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[dtype]
+    name = f"tiny-{m.hf_model.config.model_type}-orthogonalized-{kind}.gguf"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", EXPORT_META, name])
+    gguf_model, gguf_tok = _load_clean(out, gguf_file=name, dtype=torch.float32)
+    assert gguf_model.config.model_type == m.hf_model.config.model_type
+    assert gguf_model.config.tie_word_embeddings is False
+    # the tokenizer reads back: same ids with and without special tokens, same chat template
+    hf_tok = AutoTokenizer.from_pretrained(hf_out)
+    for special in (False, True):
+        assert gguf_tok(prompts, add_special_tokens=special)["input_ids"] \
+            == hf_tok(prompts, add_special_tokens=special)["input_ids"]
+    assert gguf_tok.chat_template == hf_tok.chat_template
+    assert (gguf_tok.bos_token_id, gguf_tok.eos_token_id, gguf_tok.pad_token_id) \
+        == (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id)
+    # and the logits match the HF export's, within the type's rounding
+    batch = orth.tokenize(prompts)
+    ref = _plain_logits(AutoModelForCausalLM.from_pretrained(hf_out), batch)
+    diff = _real_max(_plain_logits(gguf_model, batch), ref, batch)
+    assert diff < GGUF_TOL[dtype], diff
+    if dtype != "fp32":  # rounding shows, i.e. the file really holds that type
+        assert diff > 1e-6
+    # it is the edited model: the unedited one is much further away
+    assert _real_max(m.logits(batch), ref, batch) > 5 * diff
+    print(f"GGUF {m.hf_model.config.model_type} {dtype}: max |logit diff| {diff:.3g}, "
+          f"{(out / name).stat().st_size} bytes")
+    assert read_export_meta(out)["file"] == name and "gguf_file=" in (out / "README.md").read_text()
+
+
+# ---- embedded ---------------------------------------------------------------------------
+
+EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
+                    "Explain how to pick a lock.", "Hi", "Add 12345 and 678, then say ünïcödé."]
+# GGUF logits vs the fp32 HF export, the embedded model (logits of order 10-30; fp32 residual
+# norms reach ~2.5e4, so even F32 differs by summation order).
+EMBEDDED_GGUF_TOL = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 4.0}
+
+
+@pytest.fixture(scope="module")
+def emb_export(embedded_base, embedded_direction, tmp_path_factory):
+    orth = orthogonalize(embedded_base, embedded_direction)
+    out = export_hf(orth, tmp_path_factory.mktemp("emb") / "hf")
+    return orth, out, orth.tokenize(orth.format(EMBEDDED_PROMPTS))
+
+
+@pytest.mark.embedded
+def test_embedded_hf_export_loads_cleanly(emb_export):
+    orth, out, batch = emb_export
+    hf, tok = _load_clean(out)
+    assert _real_max(_plain_logits(hf, batch), orth.logits(batch), batch) < 1e-5
+    assert tok(orth.format(EMBEDDED_PROMPTS))["input_ids"] \
+        == orth.tokenizer(orth.format(EMBEDDED_PROMPTS))["input_ids"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0
+    print(f"HF fp32: {(out / 'model.safetensors').stat().st_size} bytes")
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("dtype", list(EMBEDDED_GGUF_TOL))
+def test_embedded_gguf_round_trip(emb_export, dtype, tmp_path):
+    orth, hf_out, batch = emb_export
+    out = export_gguf(orth, tmp_path / "gguf", dtype=dtype)
+    name = read_export_meta(out)["file"]
+    gguf_model, gguf_tok = _load_clean(out, gguf_file=name, dtype=torch.float32)
+    prompts = orth.format(EMBEDDED_PROMPTS)
+    hf_tok = AutoTokenizer.from_pretrained(hf_out)
+    assert gguf_tok(prompts)["input_ids"] == hf_tok(prompts)["input_ids"]
+    assert gguf_tok.chat_template == hf_tok.chat_template
+    ref = _plain_logits(AutoModelForCausalLM.from_pretrained(hf_out), batch)
+    diff = _real_max(_plain_logits(gguf_model, batch), ref, batch)
+    last = batch.ends - 1  # and the next-token choice after each prompt is the same
+    rows = torch.arange(len(last))
+    same_top = bool((_plain_logits(gguf_model, batch)[rows, last].argmax(-1)
+                     == ref[rows, last].argmax(-1)).all())
+    print(f"GGUF embedded {dtype}: max |logit diff| {diff:.3g}, same next token {same_top}, "
+          f"{(out / name).stat().st_size} bytes")
+    assert diff < EMBEDDED_GGUF_TOL[dtype], diff
+    assert same_top
+    if dtype == "fp32":
+        _same_layout_as_llama_cpp(out / name)
+
+
+def _same_layout_as_llama_cpp(path: Path) -> None:
+    """The file has the keys, tensor names and shapes, and vocabulary that llama.cpp's own
+    converter wrote into the shipped GGUF of the same model (plus the untied output matrix)."""
+    from gguf import GGUFReader
+
+    from refusal_lens.embedded import gguf_path
+
+    ours, src = GGUFReader(path), GGUFReader(gguf_path())
+    keys = {k for k in src.fields if k.startswith(("llama.", "tokenizer."))}
+    assert keys <= set(ours.fields), keys - set(ours.fields)
+    for key in keys - {"tokenizer.ggml.pre"}:  # pre: see the README's export section
+        assert ours.fields[key].contents() == src.fields[key].contents(), key
+    shapes = {t.name: list(t.shape) for t in src.tensors}
+    assert {t.name: list(t.shape) for t in ours.tensors} == {**shapes,
+                                                           "output.weight": shapes["token_embd.weight"]}
