@@ -33,6 +33,10 @@ FORMATS = ("hf", "gguf")
 _LOAD_FLAGS = ("is_local", "local_files_only")
 
 
+# What a LensModel's info says about where its weights came from (see model.load_model).
+_SOURCE_KEYS = ("spec", "path", "gguf", "gguf_sha256", "organism")
+
+
 class ExportError(ValueError):
     """An export request that cannot be honoured as given."""
 
@@ -41,6 +45,9 @@ def _edit_meta(model: Any, fmt: str, dtype: str, effect: dict | None) -> dict[st
     info = model.info
     meta: dict[str, Any] = {"model": model.name, "format": fmt, "dtype": dtype,
                             "base_model": info.get("orthogonalized_from", model.name)}
+    source = {k: info[k] for k in _SOURCE_KEYS if isinstance(info.get(k), (str, bool))}
+    if source:
+        meta["base_source"] = source
     for key in ("orthogonalized", "writers"):
         if key in info:
             meta[key] = info[key]
@@ -175,6 +182,10 @@ def read_export_meta(path: str | os.PathLike[str]) -> dict | None:
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
+def _v(value: Any) -> str:
+    return "not recorded" if value in (None, "") else str(value)
+
+
 def _fmt_rate(r: dict) -> str:
     return (f"{r['rate']:.3f} [{r.get('ci_low', float('nan')):.3f}, "
             f"{r.get('ci_high', float('nan')):.3f}] (n={r.get('n', '?')})")
@@ -184,12 +195,15 @@ def describe_export(meta: dict) -> str:
     """Plain-text lines saying what an export is and how it was edited."""
     lines = [f"export: {meta.get('format', 'hf')} ({meta.get('dtype', 'fp32')}) of "
              f"{meta.get('base_model')}" + (f", file {meta['file']}" if meta.get("file") else "")]
+    if meta.get("base_source"):
+        lines.append("base source: " + ", ".join(f"{k} {v}" for k, v in
+                                                  meta["base_source"].items()))
     for i, d in enumerate(meta.get("orthogonalized", []), 1):
         lines.append(
             f"edit {i}: direction projected out of {len(meta.get('writers', []))} residual "
-            f"writers; fitted on {d.get('model') or '?'} at layer {d.get('layer')}, position "
-            f"{d.get('position')}, seed {d.get('seed')}, dataset {d.get('dataset_hash') or '?'}, "
-            f"norm {d.get('norm', float('nan')):.4g}")
+            f"writers; fitted on {_v(d.get('model'))} at layer {d.get('layer')}, position "
+            f"{d.get('position')}, seed {_v(d.get('seed'))}, dataset "
+            f"{_v(d.get('dataset_hash'))}, norm {d.get('norm', float('nan')):.4g}")
         scores = (d.get("meta") or {})
         if any(k in scores for k in ("bypass", "induce", "kl")):
             lines.append("  selection scores (validation): " + ", ".join(
@@ -216,13 +230,19 @@ def model_card(meta: dict, files: list[str]) -> str:
             f"writes to the residual stream ({len(meta.get('writers', []))} modules: the token "
             "embedding and each layer's attention and MLP output projections). Running it equals "
             "running the base model with the direction ablated at every layer and position. The "
-            "unembedding is unchanged (tied embeddings were untied first).", "",
+            "unembedding is unchanged (tied embeddings were untied first).", ""]
+        if meta.get("base_source"):
+            body += ["Base model source: " + ", ".join(
+                f"{k} `{v}`" for k, v in meta["base_source"].items()) + (
+                ". The weights were dequantized from that GGUF to float32 before the edit."
+                if "gguf" in meta["base_source"] else "."), ""]
+        body += [
             "## Direction", "",
             "| edit | fitted on | layer | position | seed | dataset hash | norm | d_model |",
             "|---|---|---|---|---|---|---|---|"]
         for i, d in enumerate(edits, 1):
-            body.append(f"| {i} | {d.get('model') or '?'} | {d.get('layer')} | {d.get('position')}"
-                        f" | {d.get('seed')} | {d.get('dataset_hash') or '?'} | "
+            body.append(f"| {i} | {_v(d.get('model'))} | {d.get('layer')} | {d.get('position')}"
+                        f" | {_v(d.get('seed'))} | {_v(d.get('dataset_hash'))} | "
                         f"{d.get('norm', float('nan')):.4g} | {d.get('d_model')} |")
             scores = d.get("meta") or {}
             if any(k in scores for k in ("bypass", "induce", "kl")):

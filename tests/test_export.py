@@ -148,7 +148,8 @@ def test_model_card(syn, tmp_path):
     card = (out / "README.md").read_text()
     for text in ("**synthetic**", "| 1 | synthetic | 2 | -1 | 3 | feedbeef |", "bypass -1.5",
                  "verdict **SUPPORTED**", "| ablation | 0.050 [0.000, 0.150] (n=20) |",
-                 "model.safetensors (hf, fp32)", "library_name: transformers"):
+                 "model.safetensors (hf, fp32)", "library_name: transformers",
+                 "Base model source: spec `synthetic`."):
         assert text in card, text
     assert read_export_meta(out)["effect"]["rates"] == rates
     # a report about another model or another direction is refused
@@ -291,6 +292,15 @@ def test_gguf_round_trip(tiny, dtype, tmp_path):
     assert read_export_meta(out)["file"] == name and "gguf_file=" in (out / "README.md").read_text()
 
 
+def test_info_describes_gguf_export_without_loading(tiny, tmp_path, capsys):
+    m, orth, _, _ = tiny
+    out = export_gguf(orth, tmp_path / "gguf", dtype="fp16")
+    assert info_cli(["--model", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"export: gguf (fp16) of tiny-{m.hf_model.config.model_type}, file ")
+    assert "parameters" not in shown  # described from refusal_lens.json, not loaded
+
+
 # ---- embedded ---------------------------------------------------------------------------
 
 EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
@@ -301,8 +311,13 @@ EMBEDDED_GGUF_TOL = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 4.0}
 
 
 @pytest.fixture(scope="module")
-def emb_export(embedded_base, embedded_direction, tmp_path_factory):
-    orth = orthogonalize(embedded_base, embedded_direction)
+def emb_export(embedded, tmp_path_factory):
+    """The refusal organism, orthogonalized against its own difference-in-means direction."""
+    from refusal_lens.directions import mean_diff_candidates
+
+    r = mean_diff_candidates(embedded, EMBEDDED_PROMPTS[::2], EMBEDDED_PROMPTS[1::2], layers=[14],
+                             positions=[-1])[0, 0]
+    orth = orthogonalize(embedded, Direction(r, layer=14, position=-1, model=embedded.name))
     out = export_hf(orth, tmp_path_factory.mktemp("emb") / "hf")
     return orth, out, orth.tokenize(orth.format(EMBEDDED_PROMPTS))
 
