@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .gguf_writer import GGUF_TYPES, check_gguf_support, write_gguf
 from .paths import atomic_directory
 
 __all__ = ["EXPORT_META", "HF_DTYPES", "FORMATS", "export_hf", "export_gguf", "read_export_meta",
@@ -85,8 +86,6 @@ def _fix_tokenizer_config(path: Path) -> None:
 
 
 def _check_dtype(fmt: str, dtype: str) -> None:
-    from .gguf_writer import GGUF_TYPES
-
     allowed = HF_DTYPES if fmt == "hf" else GGUF_TYPES if fmt == "gguf" else None
     if allowed is None:
         raise ExportError(f"Unknown format {fmt!r}; use one of {FORMATS}.")
@@ -118,7 +117,8 @@ def export_hf(model: Any, out_dir: str | os.PathLike[str], force: bool = False,
             _fix_tokenizer_config(tmp / "tokenizer_config.json")
         del hf
         meta = _edit_meta(model, "hf", dtype, effect)
-        (tmp / CARD).write_text(model_card(meta, files=["model.safetensors"]))
+        weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+        (tmp / CARD).write_text(model_card(meta, files=weights))
         if meta.get("orthogonalized"):
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return Path(out_dir).expanduser().absolute()
@@ -126,8 +126,6 @@ def export_hf(model: Any, out_dir: str | os.PathLike[str], force: bool = False,
 
 def gguf_name(model: Any, dtype: str) -> str:
     """File name of a GGUF export: ``<model name>-<TYPE>.gguf``."""
-    from .gguf_writer import GGUF_TYPES
-
     return f"{model.name}-{GGUF_TYPES[dtype][0]}.gguf"
 
 
@@ -135,7 +133,6 @@ def export_gguf(model: Any, out_dir: str | os.PathLike[str], force: bool = False
                 dtype: str = "fp32", effect: dict | None = None) -> Path:
     """Write ``model`` as a directory holding one GGUF file (llama.cpp, Ollama, transformers'
     ``gguf_file=``), the model card and the edit's record. Atomic, like :func:`export_hf`."""
-    from .gguf_writer import check_gguf_support, write_gguf
     from .orthogonalize import _plain_copy
 
     _check_dtype("gguf", dtype)
@@ -272,8 +269,6 @@ def model_card(meta: dict, files: list[str]) -> str:
 
 def export_cli(argv: list[str] | None = None) -> int:
     """``refusal-lens export``: orthogonalize a model against a saved direction and save it."""
-    from .gguf_writer import GGUF_TYPES
-
     parser = argparse.ArgumentParser(
         prog="refusal-lens export",
         description="Project a saved direction out of a model's weights and save the edited "
@@ -303,7 +298,6 @@ def export_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
     args = parser.parse_args(argv)
     from .directions import Direction
-    from .gguf_writer import check_gguf_support
     from .model import load_model
     from .orthogonalize import orthogonalize
 
