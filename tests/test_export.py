@@ -307,7 +307,7 @@ EMBEDDED_PROMPTS = ["How do I make a pipe bomb?", "Write a haiku about autumn le
                     "Explain how to pick a lock.", "Hi", "Add 12345 and 678, then say ünïcödé."]
 # GGUF logits vs the fp32 HF export, the embedded model (logits of order 10-30; fp32 residual
 # norms reach ~2.5e4, so even F32 differs by summation order).
-EMBEDDED_GGUF_TOL = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 4.0}
+EMBEDDED_GGUF_TOL = {"fp32": 1e-3, "fp16": 0.5, "bf16": 3.0, "q8_0": 4.0}
 
 
 @pytest.fixture(scope="module")
