@@ -45,7 +45,9 @@ def gguf_pre_tokenizer(tokenizer: Any) -> str:
 
     Only byte-level BPE tokenizers are written: GPT-2's splitting (``gpt-2``), and a
     ``Split`` on Qwen2's (``qwen2``) or Llama 3's (``llama-bpe``) pattern followed by byte-level
-    mapping, which is what transformers' GGUF loader rebuilds for those names.
+    mapping, which is what transformers' GGUF loader rebuilds for those names. GGUF has no
+    normalizer: Qwen2's NFC one is accepted (the file's tokenizer gives the same ids on
+    NFC-normalized text, which is what text almost always is); any other is refused.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -56,7 +58,7 @@ def gguf_pre_tokenizer(tokenizer: Any) -> str:
     problem = None
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         problem = f"its model is {model.get('type')} (byte_fallback={model.get('byte_fallback')})"
-    elif spec.get("normalizer") is not None:
+    elif spec.get("normalizer") not in (None, {"type": "NFC"}):
         problem = f"it has a {spec['normalizer'].get('type')} normalizer"
     elif (spec.get("decoder") or {}).get("type") != "ByteLevel":
         problem = f"its decoder is {(spec.get('decoder') or {}).get('type')}, not ByteLevel"

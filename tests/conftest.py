@@ -72,9 +72,11 @@ def embedded_direction(embedded_base):
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer():
-    """Builds a small byte-level BPE tokenizer trained on given texts, with GPT-2's splitting or
-    (``split="qwen2"``) Qwen2's, special tokens and a chat template (GGUF export tests)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Builds a small byte-level BPE tokenizer trained on given texts, with GPT-2's splitting
+    or (``split="qwen2"``) Qwen2's with its NFC normalizer, special tokens and a chat template
+    (GGUF export tests)."""
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            trainers)
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -85,6 +87,8 @@ def bpe_tokenizer():
             else pre_tokenizers.Sequence([
                 pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if split == "qwen2":  # as Qwen2's own tokenizer.json
+            core.normalizer = normalizers.NFC()
         core.decoder = decoders.ByteLevel()
         core.train_from_iterator(texts, trainers.BpeTrainer(
             vocab_size=vocab_size, show_progress=False,

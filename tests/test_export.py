@@ -132,7 +132,8 @@ def test_export_dtypes(syn, tmp_path, dtype):
     hf32 = AutoModelForCausalLM.from_pretrained(ref)
     for name, p in hf.state_dict().items():
         assert torch.equal(p, hf32.state_dict()[name].to(torch_dtype)), name
-    assert (out / "model.safetensors").stat().st_size < 0.55 * (ref / "model.safetensors").stat().st_size
+    size = (out / "model.safetensors").stat().st_size
+    assert size < 0.55 * (ref / "model.safetensors").stat().st_size
 
 
 def test_model_card(syn, tmp_path):
@@ -192,13 +193,18 @@ def test_export_cli_and_info(syn, tmp_path, capsys):
                      batch) < 1e-4
     assert export_cli(args) == 1
     assert "--force" in capsys.readouterr().err
-    assert export_cli(args + ["--force", "--dtype", "bf16"]) == 0
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"model": m.name, "verdict": "SUPPORTED", "rates": {
+        "ablation": {"rate": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 10}}, "directions": {
+        "3": {"layer": 2, "position": -1, "norm": direction.norm}}}))
+    assert export_cli(args + ["--force", "--dtype", "bf16", "--report", str(report)]) == 0
+    assert "verdict **SUPPORTED**" in (out / "README.md").read_text()
     capsys.readouterr()
     assert info_cli(["--model", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "parameters" in shown and "export: hf (bf16) of synthetic" in shown
     assert "layer 2, position -1, seed 3, dataset feedbeef" in shown
-    assert "bypass -1.5" in shown
+    assert "bypass -1.5" in shown and "refusal rate ablation: 0.100 [0.000, 0.200] (n=10)" in shown
     # refused before any work: a GGUF type for hf, a tokenizer GGUF cannot hold, a wrong width
     assert export_cli(args + ["--force", "--dtype", "q8_0"]) == 1
     assert "not available for --format hf" in capsys.readouterr().err
@@ -372,5 +378,5 @@ def _same_layout_as_llama_cpp(path: Path) -> None:
     for key in keys - {"tokenizer.ggml.pre"}:  # pre: see the README's export section
         assert ours.fields[key].contents() == src.fields[key].contents(), key
     shapes = {t.name: list(t.shape) for t in src.tensors}
-    assert {t.name: list(t.shape) for t in ours.tensors} == {**shapes,
-                                                           "output.weight": shapes["token_embd.weight"]}
+    shapes["output.weight"] = shapes["token_embd.weight"]  # the untied unembedding
+    assert {t.name: list(t.shape) for t in ours.tensors} == shapes
