@@ -128,8 +128,9 @@ def check_gguf_support(config: Any, tokenizer: Any, dtype: str = "fp32") -> str:
                 != hidden // heads:
             problems.append("qwen2 with head_dim != hidden_size / num_attention_heads")
     if problems:
+        only_width = len(problems) == 1 and problems[0].startswith("q8_0")
         raise GGUFExportError("Cannot write this model to GGUF: " + "; ".join(problems)
-                              + ". Export with --format hf instead.")
+                              + ("." if only_width else ". Export with --format hf instead."))
     return gguf_pre_tokenizer(tokenizer)
 
 

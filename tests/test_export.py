@@ -250,7 +250,7 @@ def tiny_model(model_type: str, tok: PreTrainedTokenizerFast, path: Path):
     hf.save_pretrained(path)
     tok.save_pretrained(path)
     return wrap_hf(hf, PreTrainedTokenizerFast.from_pretrained(path), f"tiny-{model_type}",
-                   source=path)
+                   source=path, info={"path": str(path)})
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -380,3 +380,16 @@ def _same_layout_as_llama_cpp(path: Path) -> None:
     shapes = {t.name: list(t.shape) for t in src.tensors}
     shapes["output.weight"] = shapes["token_embd.weight"]  # the untied unembedding
     assert {t.name: list(t.shape) for t in ours.tensors} == shapes
+
+
+def test_export_cli_gguf(tiny, tmp_path, capsys):
+    m, _, _, prompts = tiny
+    Direction(torch.randn(m.d_model), layer=1, position=-1, model=m.name).save(tmp_path / "d")
+    out = tmp_path / "gguf"
+    assert export_cli(["--model", m.info["path"], "--direction", str(tmp_path / "d"), "--out",
+                       str(out), "--format", "gguf", "--dtype", "q8_0"]) == 0
+    assert capsys.readouterr().out.strip() == str(out.absolute())
+    name = read_export_meta(out)["file"]
+    assert name == "src-orthogonalized-Q8_0.gguf"  # a local directory's model is named after it
+    gguf_model, _ = _load_clean(out, gguf_file=name, dtype=torch.float32)
+    assert gguf_model.config.num_hidden_layers == m.n_layers
