@@ -24,8 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                  "train or evaluate the refusal organism (the embedded safety fine-tune)"),
     "suffix": ("refusal_lens.cli", "suffix_cli",
                "search adversarial (GCG) suffixes and make random ones"),
-    "export": ("refusal_lens.orthogonalize", "export_cli",
-               "write a weight-orthogonalized model as a Hugging Face directory"),
+    "export": ("refusal_lens.cli", "export_cli",
+               "write a weight-orthogonalized model as a Hugging Face directory or a GGUF file"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
@@ -77,14 +77,66 @@ def data_cli(argv: Sequence[str] | None = None) -> int:
 def info_cli(argv: Sequence[str] | None = None) -> int:
     """``refusal-lens info [--model SPEC]``."""
     p = _parser("refusal-lens info", "Load a model and print what it is: parameters, layers, "
-                "width, heads, device and the post-instruction tokens of its chat template.")
+                "width, heads, device and the post-instruction tokens of its chat template. For a "
+                "directory written by refusal-lens export, also print the edit it records (base "
+                "model, the direction's provenance, the measured effect); a GGUF export is "
+                "described without loading it.")
     add_model_option(p)
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="torch device, e.g. cpu or cuda:0 (default: chosen by the loader)")
     args = p.parse_args(argv)
-    from .model import load_model
+    from pathlib import Path
 
-    print(load_model(args.model, device=args.device).summary())
+    from .export import describe_export, read_export_meta
+
+    local = Path(args.model).expanduser()
+    meta = read_export_meta(local) if local.is_dir() else None
+    if meta is None or (local / "config.json").is_file():
+        from .model import load_model
+
+        print(load_model(args.model, device=args.device).summary())
+    if meta is not None:
+        print(describe_export(meta))
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+def export_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens export``: orthogonalize a model against a saved direction and save it."""
+    from .configs import EXPORT_FORMATS, GGUF_TYPES, HF_DTYPES
+
+    p = _parser("refusal-lens export", "Project a saved direction out of a model's weights and "
+                "save the edited model, with a model card (README.md) and the edit's record "
+                "(refusal_lens.json), as a Hugging Face directory (loads with "
+                "AutoModelForCausalLM) or a GGUF file (llama.cpp, Ollama).")
+    add_model_option(p)
+    p.add_argument("--direction", required=True, metavar="PATH",
+                   help="direction to project out, as saved by Direction.save() or "
+                        "refusal-lens run (DIR/direction.safetensors)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (created; must not exist unless --force)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
+                   help="hf: safetensors + config + tokenizer for transformers; gguf: one .gguf "
+                        "file with the tokenizer, for llama- and qwen2-family models")
+    p.add_argument("--dtype", default="fp32", metavar="TYPE",
+                   choices=sorted(set(HF_DTYPES) | set(GGUF_TYPES)),
+                   help=f"weight type: {', '.join(HF_DTYPES)} for hf; {', '.join(GGUF_TYPES)} "
+                        "for gguf (norms and biases stay F32; q8_0 needs widths that are "
+                        "multiples of 32)")
+    p.add_argument("--report", default=None, metavar="PATH",
+                   help="report.json of the run that measured this direction; its refusal rates "
+                        "go into the model card (default: none recorded)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    args = p.parse_args(argv)
+    from .export import export_model
+
+    try:
+        path = export_model(args.model, args.direction, args.out, fmt=args.format,
+                            dtype=args.dtype, report=args.report, force=args.force)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 

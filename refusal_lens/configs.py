@@ -2,7 +2,8 @@
 
 ``ORGANISM_DEFAULTS`` is the refusal organism's shipped training configuration (used by
 :mod:`refusal_lens.organism`); :class:`GCGConfig` holds the adversarial suffix search settings
-(used by :mod:`refusal_lens.suffixes`).
+(used by :mod:`refusal_lens.suffixes`); the export formats and weight types name what
+:mod:`refusal_lens.export` and :mod:`refusal_lens.gguf_writer` write.
 """
 
 from __future__ import annotations
@@ -56,3 +57,12 @@ class GCGConfig:
     early_stop: bool = True
     init: str | None = None
     max_seconds: float | None = None
+
+
+# ``refusal-lens export``: formats, Hugging Face weight dtypes (--dtype -> torch dtype name) and
+# GGUF types (--dtype -> (GGML tensor type name, llama.cpp file type name)).
+EXPORT_FORMATS = ("hf", "gguf")
+HF_DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+GGUF_TYPES: dict[str, tuple[str, str]] = {
+    "fp32": ("F32", "ALL_F32"), "fp16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}

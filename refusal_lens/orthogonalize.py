@@ -1,37 +1,29 @@
-"""Weight orthogonalization: bake directional ablation into the weights, and export the result.
+"""Weight orthogonalization: bake directional ablation into the weights.
 
 Every module that writes to the residual stream (token and positional embeddings, each
 attention output projection, each MLP output projection, and their biases) gets the unit
 direction ``u`` projected out of its output space, ``W <- W - u u^T W``. The edited model then
 computes exactly what :func:`refusal_lens.interventions.ablation_hooks` computes with hooks,
-with no hooks, so it can be saved and loaded by plain ``transformers``.
+with no hooks, so it can be saved and loaded by plain ``transformers`` (see
+:mod:`refusal_lens.export`).
 
 Tied embeddings are untied first: the unembedding keeps the original weights.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .directions import Direction, DirectionError
+from .directions import Direction
 from .interventions import VectorLike, _as_vector
 from .model import LensModel, wrap_hf
 from .runner import bridges_removed
 
-__all__ = ["orthogonalize", "export_hf", "export_cli", "residual_writers", "EXPORT_META"]
-
-EXPORT_META = "refusal_lens.json"
+__all__ = ["orthogonalize", "residual_writers"]
 
 # Where the decoder layers live, and which of their submodules write to the residual stream.
 _LAYER_LISTS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -64,16 +56,21 @@ def _plain_copy(model: LensModel) -> nn.Module:
                                       requires_grad=in_emb.weight.requires_grad)
     for cfg in {id(c): c for c in (clean.config, clean.config.get_text_config())}.values():
         cfg.tie_word_embeddings = False
-    # Drop parameters the bridge added (e.g. an all-zero unembedding bias) that the
+    # Drop parameters and buffers the bridge added (e.g. an all-zero unembedding bias) that the
     # architecture does not have, so save_pretrained / from_pretrained round-trip exactly.
     with torch.device("meta"):
         expected = set(type(clean)(copy.deepcopy(clean.config)).state_dict())
-    for name, param in list(clean.named_parameters()):
+    for name, param in list(clean.state_dict(keep_vars=True).items()):
         if name in expected:
             continue
         owner_name, _, leaf = name.rpartition(".")
-        if bool((param == 0).all()):
-            clean.get_submodule(owner_name).register_parameter(leaf, None)
+        owner = clean.get_submodule(owner_name)
+        if bool((param == 0).all()):  # a parameter or a (persistent) buffer
+            if leaf in owner._buffers:
+                del owner._buffers[leaf]
+                setattr(owner, leaf, None)
+            else:
+                owner.register_parameter(leaf, None)
         else:
             raise NotImplementedError(
                 f"{name} is not a parameter of {type(clean).__name__} but holds nonzero values; "
@@ -165,83 +162,3 @@ def orthogonalize(
                    system=model.chat.system,
                    device=None if getattr(hf, "hf_device_map", None) else model.device,
                    dtype=next(hf.parameters()).dtype, info=info)
-
-
-def export_hf(model: LensModel, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
-    """Save ``model`` (weights, config, tokenizer) as a plain Hugging Face directory.
-
-    Written to a temporary directory beside ``out_dir`` and renamed into place, so a failed
-    export leaves nothing behind. An existing ``out_dir`` is replaced only with ``force``.
-    ``config.json`` names the eager attention the logits were computed with, so a plain
-    ``AutoModelForCausalLM.from_pretrained(out_dir)`` reproduces them. Saving holds a second
-    copy of the weights in memory.
-    """
-    out = Path(out_dir).expanduser().absolute()
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass force=True (--force) to replace it.")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; remove it first.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o755)
-        hf = _plain_copy(model)
-        hf.save_pretrained(tmp)
-        model.tokenizer.save_pretrained(tmp)
-        config = json.loads((tmp / "config.json").read_text())
-        config.setdefault("attn_implementation", hf.config._attn_implementation or "eager")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        del hf
-        if model.info.get("orthogonalized"):
-            meta = {key: model.info[key] for key in ("orthogonalized", "orthogonalized_from",
-                                                     "writers")}
-            meta["model"] = model.name
-            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        for file in tmp.rglob("*"):
-            file.chmod(0o755 if file.is_dir() else 0o644)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None and not out.exists():
-            os.replace(old / out.name, out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def export_cli(argv: list[str] | None = None) -> int:
-    """``refusal-lens export``: orthogonalize a model against a saved direction and save it."""
-    parser = argparse.ArgumentParser(
-        prog="refusal-lens export",
-        description="Project a saved direction out of a model's weights and save the result as "
-                    "a Hugging Face directory (loadable with AutoModelForCausalLM).")
-    parser.add_argument("--model", default="embedded", metavar="SPEC",
-                        help="model spec: embedded, embedded-base, synthetic, a local HF "
-                             "directory or a hub id (default: embedded)")
-    parser.add_argument("--direction", required=True, metavar="PATH",
-                        help="a direction saved with Direction.save() (.safetensors)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
-    args = parser.parse_args(argv)
-    from .model import ModelSpecError, load_model
-
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"error: {out} already exists; pass --force to replace it.", file=sys.stderr)
-        return 1
-    try:
-        model = load_model(args.model)
-        direction = Direction.load(args.direction, model=model)
-        path = export_hf(orthogonalize(model, direction), out, force=args.force)
-    except (DirectionError, ModelSpecError, FileNotFoundError, FileExistsError,
-            NotImplementedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0

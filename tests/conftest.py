@@ -68,3 +68,38 @@ def embedded_direction(embedded_base):
                 "How can I train my neighbour's dog?", "Explain how to save money."]
     r = mean_diff_candidates(embedded_base, harmful, harmless, layers=[14], positions=[-1])[0, 0]
     return Direction(r, layer=14, position=-1, model=embedded_base.name)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """Builds a small byte-level BPE tokenizer trained on given texts, with GPT-2's splitting
+    or (``split="qwen2"``) Qwen2's with its NFC normalizer, special tokens and a chat template
+    (GGUF export tests)."""
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            trainers)
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    def build(texts, split=None, vocab_size=400):
+        core = Tokenizer(models.BPE())
+        pattern = {"qwen2": PRETOKENIZE_REGEX}.get(split, split)
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None \
+            else pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        if split == "qwen2":  # as Qwen2's own tokenizer.json
+            core.normalizer = normalizers.NFC()
+        core.decoder = decoders.ByteLevel()
+        core.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=vocab_size, show_progress=False,
+            special_tokens=["<pad>", "<bos>", "<eos>", "<|user|>", "<|end|>", "<|assistant|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+            additional_special_tokens=["<|user|>", "<|end|>", "<|assistant|>"])
+        tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|user|>{{ m['content'] }}"
+                             "<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>"
+                             "{% endif %}")
+        return tok
+
+    return build

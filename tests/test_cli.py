@@ -110,10 +110,7 @@ print(",".join(heavy))
 """
 
 
-@pytest.mark.parametrize("path", [p for p in COMMANDS if p != ["export"]] + [
-    pytest.param(["export"], marks=pytest.mark.xfail(
-        strict=True, reason="export_cli lives in orthogonalize.py, which imports torch"))],
-    ids=lambda p: " ".join(p) or "refusal-lens")
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "refusal-lens")
 def test_help_imports_no_torch(path):
     """Help is fast because it loads none of the heavy libraries (a fresh interpreter each)."""
     out = subprocess.run([sys.executable, "-c", _PROBE.format(argv=[*path, "--help"])],

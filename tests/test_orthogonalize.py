@@ -1,8 +1,8 @@
-"""Weight orthogonalization equals hook ablation; exported models reload with plain transformers."""
+"""Weight orthogonalization equals hook ablation, on several architectures; edited models export
+and reload with plain transformers (the export itself: test_export.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,13 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from refusal_lens.directions import Direction, DirectionError, mean_diff_candidates, random_like
 from refusal_lens.interventions import ablation_hooks
 from refusal_lens.model import wrap_hf
-from refusal_lens.orthogonalize import (
-    EXPORT_META,
-    export_cli,
-    export_hf,
-    orthogonalize,
-    residual_writers,
-)
+from refusal_lens.export import export_hf
+from refusal_lens.orthogonalize import orthogonalize, residual_writers
 
 TOL = 1e-4  # orthogonalized weights vs hook ablation, fp32, real-token positions
 
@@ -155,58 +150,6 @@ def test_post_norm_architecture_is_refused(syn, tmp_path):
     m = _tiny("gemma2", s.path, tmp_path, **dict(LAYERS, num_key_value_heads=1, head_dim=8))
     with pytest.raises(NotImplementedError, match="ablation hooks"):
         orthogonalize(m, torch.ones(m.d_model))
-
-
-# ---- export -----------------------------------------------------------------------------
-
-
-def test_export_round_trip(syn, syn_orth, tmp_path):
-    _, _, batch = syn
-    out = export_hf(syn_orth, tmp_path / "orth")
-    assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert reloaded.config.tie_word_embeddings is False
-    assert _real_max(_plain_logits(reloaded, batch), syn_orth.logits(batch), batch) < 1e-5
-    meta = json.loads((out / EXPORT_META).read_text())
-    assert meta["orthogonalized"][0]["layer"] == 2 and meta["orthogonalized_from"] == "synthetic"
-    assert "model.embed_tokens" in meta["writers"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["orth"]  # no temp dirs left behind
-
-
-def test_export_existing_dir_needs_force(syn, syn_orth, tmp_path):
-    m, _, _ = syn
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="force=True"):
-        export_hf(syn_orth, out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    export_hf(syn_orth, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    export_hf(m, tmp_path / "plain")  # an unedited model exports too, without metadata
-    assert not (tmp_path / "plain" / EXPORT_META).exists()
-
-
-def test_export_cli(syn, tmp_path, capsys):
-    m, s, batch = syn
-    Direction(s.direction, layer=2, position=-1, model="synthetic").save(tmp_path / "refusal")
-    out = tmp_path / "model"
-    args = ["--model", "synthetic", "--direction", str(tmp_path / "refusal.safetensors"),
-            "--out", str(out)]
-    assert export_cli(args) == 0
-    assert capsys.readouterr().out.strip() == str(out.absolute())
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    ablated = m.logits(batch, ablation_hooks(m, s.direction))
-    assert _real_max(_plain_logits(reloaded, batch), ablated, batch) < TOL
-    assert export_cli(args) == 1
-    assert "--force" in capsys.readouterr().err
-    assert export_cli(args + ["--force"]) == 0
-    Direction(torch.ones(576), layer=0, position=-1).save(tmp_path / "wide")
-    wide = ["--model", "synthetic", "--direction", str(tmp_path / "wide.safetensors"),
-            "--out", str(tmp_path / "other")]
-    assert export_cli(wide) == 1
-    assert "width 576" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 # ---- embedded ---------------------------------------------------------------------------
