@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,21 +13,64 @@ from plotly.subplots import make_subplots
 
 from .paths import atomic_write_bytes, atomic_write_text
 
-__all__ = ["save_figure", "candidate_scores_figure", "refusal_rates_figure"]
+__all__ = ["save_figure", "static_export_problem", "candidate_scores_figure",
+           "refusal_rates_figure", "suffix_effect_figure"]
 
-_STATIC_OK: bool | None = None  # whether static (PNG) export works; probed once
+_STATIC_PROBLEM: str | None = None  # why static (PNG) export does not work; probed once
+_STATIC_PROBED = False
+#: PNG size when a figure sets no width / height (HTML figures are responsive).
+PNG_WIDTH, PNG_HEIGHT = 1200, 500
+
+
+def static_export_problem() -> str | None:
+    """Why PNG export cannot work here (one line naming what is missing), or ``None``.
+
+    PNG export uses kaleido >= 1, which drives a Chrome / Chromium it finds on ``PATH`` (the
+    Debian package ``chromium``) or at ``BROWSER_PATH``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        kaleido_version = version("kaleido")
+    except PackageNotFoundError:
+        return ("the Python package kaleido is not installed (pip install 'kaleido>=1'; "
+                "`make setup` installs it)")
+    major = kaleido_version.split(".")[0]
+    if not major.isdigit() or int(major) < 1:
+        return (f"kaleido {kaleido_version} is installed; PNG export needs kaleido >= 1 "
+                "(pip install 'kaleido>=1')")
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        browser = Chromium.find_browser(skip_local=False)
+    except Exception as err:  # an API change in choreographer: let the export itself decide
+        return None if not isinstance(err, ImportError) else f"choreographer is missing ({err})"
+    if browser and os.access(browser, os.X_OK):
+        return None
+    where = (f"BROWSER_PATH={os.environ['BROWSER_PATH']} is not an executable"
+             if os.environ.get("BROWSER_PATH") else "none on PATH")
+    return (f"kaleido found no Chrome/Chromium browser ({where}; install the Debian package "
+            "`chromium` - `make setup` does where apt-get exists - or set BROWSER_PATH to a "
+            "Chrome binary)")
+
+
+def _say(err: BaseException) -> str:
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text}" if text else repr(err)
 
 
 def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list[Path]:
     """Write ``<stem>.html`` always, and ``<stem>.png`` when static export works.
 
     The HTML loads ``plotly.min.js`` from its own folder (written there once, from the installed
-    plotly), so it works offline without embedding 4 MB of JavaScript in every figure.
+    plotly), so it works offline without embedding 4 MB of JavaScript in every figure. A figure
+    without a fixed width fills the browser window; its PNG is :data:`PNG_WIDTH` wide.
 
-    PNG export needs kaleido (and a browser it can drive); without it the PNG is skipped with a
-    one-line message on stderr. Returns the written paths.
+    PNG export needs kaleido >= 1 and a Chrome/Chromium (see :func:`static_export_problem`);
+    without them the PNG is skipped with one line on stderr saying what is missing. Returns the
+    written paths.
     """
-    global _STATIC_OK
+    global _STATIC_PROBLEM, _STATIC_PROBED
     stem = Path(path_stem)
     stem = stem.with_suffix("") if stem.suffix in (".html", ".png") else stem
     js = stem.parent / "plotly.min.js"
@@ -34,63 +78,108 @@ def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list
         from plotly.offline import get_plotlyjs
 
         atomic_write_text(js, get_plotlyjs())
-    out = [atomic_write_text(stem.with_suffix(".html"),
-                             fig.to_html(include_plotlyjs="directory", full_html=True))]
-    if png and _STATIC_OK is not False:
-        try:
-            data = fig.to_image(format="png", scale=2)
-        except Exception as err:  # kaleido missing or unable to start
-            _STATIC_OK = False
-            print(f"[refusal_lens] PNG export skipped ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0] if str(err) else 'no details'}); HTML written.",
+    out = [atomic_write_text(stem.with_suffix(".html"), fig.to_html(
+        include_plotlyjs="directory", full_html=True, config={"responsive": True}))]
+    if not png:
+        return out
+    if not _STATIC_PROBED:
+        _STATIC_PROBED, _STATIC_PROBLEM = True, static_export_problem()
+        if _STATIC_PROBLEM:
+            print(f"[refusal_lens] PNG export skipped: {_STATIC_PROBLEM}; HTML written.",
                   file=sys.stderr)
-        else:
-            _STATIC_OK = True
-            out.append(atomic_write_bytes(stem.with_suffix(".png"), data))
+    if _STATIC_PROBLEM:
+        return out
+    try:
+        data = fig.to_image(format="png", scale=2, width=fig.layout.width or PNG_WIDTH,
+                            height=fig.layout.height or PNG_HEIGHT)
+    except Exception as err:  # the browser failed to start or to render
+        _STATIC_PROBLEM = f"kaleido could not render ({_say(err)})"
+        print(f"[refusal_lens] PNG export skipped: {_STATIC_PROBLEM}; HTML written.",
+              file=sys.stderr)
+        return out
+    out.append(atomic_write_bytes(stem.with_suffix(".png"), data))
     return out
 
 
-def _grid(rows: Sequence[dict[str, Any]], key: str, layers: list[int], positions: list[int]):
-    z = [[None] * len(positions) for _ in layers]
-    for r in rows:
-        v = r.get(key)
-        if r["layer"] in layers and isinstance(v, (int, float)) and math.isfinite(v):
-            z[layers.index(r["layer"])][positions.index(r["position"])] = v
-    return z
+def _position_label(position: int, tokens: Sequence[str] | None, positions: Sequence[int]
+                    ) -> str:
+    """``"-2 'assistant'"``: the offset and its template token (when the tokens are known;
+    ``tokens`` are the post-instruction tokens, last = offset -1)."""
+    if tokens and len(tokens) >= -position > 0:
+        return f"{position} {tokens[len(tokens) + position]!r}"
+    return str(position)
 
 
 def candidate_scores_figure(
     candidates: Sequence[dict[str, Any]], position_labels: Sequence[str] | None = None,
     chosen: tuple[int, int] | None = None, title: str = "Candidate directions",
 ) -> go.Figure:
-    """Heatmaps (layer x post-instruction position) of screen bypass, bypass, induce and KL.
+    """Every candidate's screen bypass (heatmap, layer x post-instruction position), and the
+    fully scored ones' validation bypass, induce and KL (bars; the chosen one in gold).
 
-    ``candidates``: rows with ``layer``, ``position``, ``screen_bypass``, ``bypass``, ``induce``,
-    ``kl`` (as in ``SelectionResult.table()``); blank cells were not scored.
+    ``candidates``: rows with ``layer``, ``position``, ``screen_bypass``, ``bypass``,
+    ``induce``, ``kl``, ``scored`` (as in ``SelectionResult.table()``); blank heatmap cells
+    were not screened. ``position_labels``: the post-instruction template tokens (last = offset
+    -1), shown on the position axis.
     """
     layers = sorted({r["layer"] for r in candidates})
     positions = sorted({r["position"] for r in candidates})
-    labels = [f"{p}: {position_labels[i]!s}" if position_labels and len(position_labels)
-              == len(positions) else str(p) for i, p in enumerate(positions)]
-    panels = [("screen_bypass", "bypass (screen)", "RdBu_r"), ("bypass", "bypass (val)", "RdBu_r"),
-              ("induce", "induce (val)", "RdBu"), ("kl", "KL (val)", "Viridis")]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in panels],
-                        shared_yaxes=True, horizontal_spacing=0.06)
-    for i, (key, name, scale) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(
-            z=_grid(candidates, key, layers, positions), x=labels, y=layers, colorscale=scale,
-            zmid=0 if key != "kl" else None, name=name,
-            colorbar=dict(x=0.205 * i + 0.06 * (i - 1) + 0.005, len=0.9, thickness=10),
-            hovertemplate="layer %{y}<br>position %{x}<br>" + name + " %{z:.3f}<extra></extra>",
-        ), row=1, col=i)
-        if chosen is not None and chosen[1] in positions:
-            fig.add_trace(go.Scatter(
-                x=[labels[positions.index(chosen[1])]], y=[chosen[0]], mode="markers",
-                marker=dict(symbol="star", size=14, color="gold", line=dict(color="black", width=1)),
-                name="chosen", showlegend=i == 1), row=1, col=i)
-    fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.update_xaxes(tickangle=45)
-    fig.update_layout(title=title, height=max(400, 18 * len(layers) + 200), width=1400)
+    labels = [_position_label(p, position_labels, positions) for p in positions]
+    scored = sorted((r for r in candidates if r.get("scored")),
+                    key=lambda r: (r["layer"], r["position"]))
+    names = [f"L{r['layer']} {_position_label(r['position'], position_labels, positions)}"
+             for r in scored]
+    is_chosen = [chosen is not None and (r["layer"], r["position"]) == tuple(chosen)
+                 for r in scored]
+    bars = [("bypass", "bypass (val) ↓"), ("induce", "induce (val) ↑"), ("kl", "KL (val) ↓")]
+    fig = make_subplots(rows=1, cols=1 + len(bars) if scored else 1,
+                        subplot_titles=["screen bypass, every candidate (lower = removes more "
+                                        "refusal)"] + ([b[1] for b in bars] if scored else []))
+    # heatmap, its colour bar, room for the bars' candidate labels, three bar panels
+    domains = [(0.0, 0.40), (0.56, 0.69), (0.72, 0.85), (0.88, 1.0)] if scored else [(0, 0.9)]
+    for i, dom in enumerate(domains, start=1):
+        fig.update_xaxes(domain=list(dom), row=1, col=i)
+        fig.layout.annotations[i - 1].x = sum(dom) / 2  # keep each subplot title centred
+    grid = [[None] * len(positions) for _ in layers]
+    for r in candidates:
+        v = r.get("screen_bypass")
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            grid[layers.index(r["layer"])][positions.index(r["position"])] = v
+    x_end = fig.layout.xaxis.domain[1]
+    fig.add_trace(go.Heatmap(
+        z=grid, x=labels, y=layers, colorscale="RdBu_r", zmid=0, name="screen bypass",
+        colorbar=dict(title=dict(text="screen<br>bypass", side="top"), x=x_end + 0.005,
+                      len=0.85, thickness=10),
+        hovertemplate="layer %{y}<br>position %{x}<br>screen bypass %{z:.3f}<extra></extra>"),
+        row=1, col=1)
+    if scored:
+        fig.add_trace(go.Scatter(
+            x=[labels[positions.index(r["position"])] for r in scored],
+            y=[r["layer"] for r in scored], mode="markers", name="fully scored",
+            marker=dict(symbol="circle-open", size=13, color="black", line=dict(width=2))),
+            row=1, col=1)
+    if chosen is not None and chosen[1] in positions:
+        fig.add_trace(go.Scatter(
+            x=[labels[positions.index(chosen[1])]], y=[chosen[0]], mode="markers", name="chosen",
+            marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1))),
+            row=1, col=1)
+    for i, (key, name) in enumerate(bars if scored else [], start=2):
+        vals = [r.get(key) if isinstance(r.get(key), (int, float)) else None for r in scored]
+        fig.add_trace(go.Bar(
+            x=vals, y=names, orientation="h", showlegend=False, name=name,
+            marker=dict(color=["gold" if c else "#7f9fbf" for c in is_chosen],
+                        line=dict(color="black", width=[1.5 if c else 0 for c in is_chosen])),
+            text=[f"{v:.3g}" if v is not None else "n/a" for v in vals], textposition="auto",
+            textangle=0, cliponaxis=False,
+            hovertemplate="%{y}<br>" + name + " %{x:.4f}<extra></extra>"), row=1, col=i)
+        fig.update_yaxes(showticklabels=i == 2, autorange="reversed", row=1, col=i)
+    fig.update_yaxes(title_text="layer", dtick=1, range=[layers[0] - 0.5, layers[-1] + 0.5],
+                     row=1, col=1)
+    fig.update_xaxes(title_text="post-instruction position (offset, token)", tickangle=30,
+                     row=1, col=1)
+    fig.update_layout(title=title, height=max(420, 22 * len(layers) + 220), autosize=True,
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
+                      margin=dict(l=60, r=30, t=90, b=120))
     return fig
 
 
@@ -135,6 +224,45 @@ def refusal_rates_figure(rates: dict[str, dict[str, float]], title: str = "Refus
         ))
     fig.update_layout(barmode="group", title=title, yaxis=dict(title="refusal rate",
                       range=[0, 1.15]), height=480, width=900, legend_title="arm")
+    return fig
+
+
+def _count_ci(rate: float, n: int) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of a refusal rate known as a count: ``rate * n`` of ``n``
+    (the bootstrap of 0/1 flags depends only on how many are 1)."""
+    from .evaluation import bootstrap_ci
+
+    k = round(rate * n)
+    return bootstrap_ci([1.0] * k + [0.0] * (n - k))
+
+
+def suffix_effect_figure(effect: dict[str, Any], title: str = "Refusal with an adversarial "
+                         "suffix (95% bootstrap CI)") -> go.Figure:
+    """Refusal without a suffix, with the adversarial suffix and with each random suffix of
+    the same length (the controls: grey, hatched), with 95% bootstrap CIs over prompts.
+
+    ``effect``: as from :func:`refusal_lens.suffixes.measure_effect` (``n_prompts``,
+    ``refusal_no_suffix``, ``refusal_adversarial``, ``refusal_random``; ``random_seeds``
+    labels the controls when present).
+    """
+    n = int(effect["n_prompts"])
+    seeds = effect.get("random_seeds") or list(range(len(effect["refusal_random"])))
+    groups = [("no suffix", ["no suffix"], [effect["refusal_no_suffix"]], "#1f77b4", ""),
+              ("adversarial suffix", ["adversarial suffix"], [effect["refusal_adversarial"]],
+               _COND_COLORS["harmful + adversarial suffix"], ""),
+              ("random suffixes (controls)", [f"random suffix<br>seed {s}" for s in seeds],
+               list(effect["refusal_random"]), "#9e9e9e", "/")]
+    fig = go.Figure()
+    for name, xs, ys, color, hatch in groups:
+        cis = [_count_ci(y, n) for y in ys]
+        fig.add_trace(go.Bar(
+            name=name, x=xs, y=ys, marker=dict(color=color, pattern_shape=hatch),
+            text=[f"{y:.2f}" for y in ys], textposition="outside",
+            error_y=dict(type="data", array=[hi - y for y, (_, hi) in zip(ys, cis)],
+                         arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)], visible=True)))
+    fig.update_layout(title=title, yaxis=dict(title=f"refusal rate ({n} prompts)",
+                                              range=[0, 1.15]),
+                      legend=dict(orientation="h", y=-0.18), height=460, width=860)
     return fig
 
 

@@ -1,0 +1,102 @@
+"""Figures: PNG export (or one line naming what is missing), the candidate-score and
+suffix-effect figures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from refusal_lens import plots
+from refusal_lens.plots import (candidate_scores_figure, save_figure, static_export_problem,
+                                suffix_effect_figure)
+
+
+def _candidates():
+    rows = []
+    for layer in range(6):
+        for pos in (-3, -2, -1):
+            rows.append({"layer": layer, "position": pos, "screen_bypass": layer - 3.0 + pos,
+                         "bypass": math.nan, "induce": math.nan, "kl": math.nan,
+                         "scored": False})
+    for r in rows[-3:]:  # layer 5 is fully scored
+        r.update(bypass=-1.0 + r["position"], induce=0.5, kl=0.01, scored=True)
+    return rows
+
+
+def test_candidate_scores_labels_colour_bar_and_no_empty_panels():
+    fig = candidate_scores_figure(_candidates(), ["<end>", "\n", "<asst>"], (5, -1))
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heat) == 1 and list(heat[0].x) == ["-3 '<end>'", "-2 '\\n'", "-1 '<asst>'"]
+    assert heat[0].colorbar.title.text  # the colour bar says what it shows
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 3
+    for b in bars:  # every bar panel is full: one non-null bar per scored candidate
+        assert len(b.x) == 3 and all(v is not None for v in b.x)
+        assert all(y.startswith("L5 ") for y in b.y)
+    assert fig.layout.width is None  # responsive: fills the page, not a fixed 1400 px
+    assert {t.name for t in fig.data if t.type == "scatter"} == {"chosen", "fully scored"}
+
+
+def test_candidate_scores_without_scored_rows_has_one_panel():
+    rows = [r | {"scored": False} for r in _candidates()]
+    fig = candidate_scores_figure(rows, None, None)
+    assert [t.type for t in fig.data] == ["heatmap"]
+    assert list(fig.data[0].x) == ["-3", "-2", "-1"]
+
+
+def test_suffix_effect_intervals_and_distinct_controls():
+    effect = {"n_prompts": 100, "refusal_no_suffix": 0.93, "refusal_adversarial": 0.03,
+              "refusal_random": [0.94, 0.91, 0.9], "random_seeds": [1000, 1001, 1002]}
+    fig = suffix_effect_figure(effect)
+    names = [t.name for t in fig.data]
+    assert names == ["no suffix", "adversarial suffix", "random suffixes (controls)"]
+    for t in fig.data:
+        for y, up, down in zip(t.y, t.error_y.array, t.error_y.arrayminus):
+            assert up >= 0 and down >= 0 and up + down > 0  # a real interval around each rate
+    controls = fig.data[2]
+    assert len(controls.x) == 3 and controls.marker.pattern.shape == "/"
+    assert controls.marker.color not in {t.marker.color for t in fig.data[:2]}
+    assert fig.data[0].marker.pattern.shape in ("", None)
+
+
+def test_missing_browser_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    problem = static_export_problem()
+    if problem and "kaleido is not installed" in problem:
+        pytest.skip(problem)
+    assert problem and "BROWSER_PATH" in problem and "\n" not in problem
+    monkeypatch.setattr(plots, "_STATIC_PROBED", False)
+    monkeypatch.setattr(plots, "_STATIC_PROBLEM", None)
+    written = save_figure(suffix_effect_figure({"n_prompts": 4, "refusal_no_suffix": 1.0,
+                                                "refusal_adversarial": 0.0,
+                                                "refusal_random": [1.0]}), tmp_path / "f")
+    assert [p.suffix for p in written] == [".html"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[refusal_lens] PNG export skipped: kaleido "
+                                               "found no Chrome/Chromium")
+
+
+def test_missing_kaleido_is_named(monkeypatch):
+    import importlib.metadata as md
+
+    real = md.version
+
+    def version(name):
+        if name == "kaleido":
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "version", version)
+    assert "kaleido is not installed" in static_export_problem()
+
+
+def test_png_written_where_a_renderer_exists(tmp_path, monkeypatch):
+    problem = static_export_problem()
+    if problem:
+        pytest.skip(f"PNG export unavailable here: {problem}")
+    monkeypatch.setattr(plots, "_STATIC_PROBED", False)
+    written = save_figure(candidate_scores_figure(_candidates(), None, (5, -1)), tmp_path / "c")
+    png = tmp_path / "c.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000  # a drawn figure, not an empty canvas
