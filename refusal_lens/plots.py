@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +55,17 @@ def static_export_problem() -> str | None:
             "Chrome binary)")
 
 
+def _start_renderer() -> None:
+    """Keep one browser open for every PNG of this process (instead of one per figure)."""
+    import atexit
+
+    import kaleido
+
+    if hasattr(kaleido, "start_sync_server"):
+        kaleido.start_sync_server(silence_warnings=True)
+        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+
+
 def _say(err: BaseException) -> str:
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return f"{type(err).__name__}: {text}" if text else repr(err)
@@ -87,11 +99,15 @@ def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list
         if _STATIC_PROBLEM:
             print(f"[refusal_lens] PNG export skipped: {_STATIC_PROBLEM}; HTML written.",
                   file=sys.stderr)
+        else:
+            _start_renderer()
     if _STATIC_PROBLEM:
         return out
     try:
-        data = fig.to_image(format="png", scale=2, width=fig.layout.width or PNG_WIDTH,
-                            height=fig.layout.height or PNG_HEIGHT)
+        with warnings.catch_warnings():  # plotly notes that a running kaleido server is reused
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+            data = fig.to_image(format="png", scale=2, width=fig.layout.width or PNG_WIDTH,
+                                height=fig.layout.height or PNG_HEIGHT)
     except Exception as err:  # the browser failed to start or to render
         _STATIC_PROBLEM = f"kaleido could not render ({_say(err)})"
         print(f"[refusal_lens] PNG export skipped: {_STATIC_PROBLEM}; HTML written.",
@@ -250,19 +266,24 @@ def suffix_effect_figure(effect: dict[str, Any], title: str = "Refusal with an a
     groups = [("no suffix", ["no suffix"], [effect["refusal_no_suffix"]], "#1f77b4", ""),
               ("adversarial suffix", ["adversarial suffix"], [effect["refusal_adversarial"]],
                _COND_COLORS["harmful + adversarial suffix"], ""),
-              ("random suffixes (controls)", [f"random suffix<br>seed {s}" for s in seeds],
+              ("random suffixes (controls)", [f"random suffix, seed {s}" for s in seeds],
                list(effect["refusal_random"]), "#9e9e9e", "/")]
     fig = go.Figure()
     for name, xs, ys, color, hatch in groups:
         cis = [_count_ci(y, n) for y in ys]
+        # the rate and its CI under each bar (labels on the bars would collide with the CIs)
+        labels = [f"{x}<br><b>{y:.2f}</b> [{lo:.2f}, {hi:.2f}]"
+                  for x, y, (lo, hi) in zip(xs, ys, cis)]
         fig.add_trace(go.Bar(
-            name=name, x=xs, y=ys, marker=dict(color=color, pattern_shape=hatch),
-            text=[f"{y:.2f}" for y in ys], textposition="outside",
+            name=name, x=labels, y=ys, marker=dict(color=color, pattern_shape=hatch),
             error_y=dict(type="data", array=[hi - y for y, (_, hi) in zip(ys, cis)],
-                         arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)], visible=True)))
+                         arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)], visible=True,
+                         thickness=2, width=8),
+            hovertemplate="%{x}<extra></extra>"))
     fig.update_layout(title=title, yaxis=dict(title=f"refusal rate ({n} prompts)",
-                                              range=[0, 1.15]),
-                      legend=dict(orientation="h", y=-0.18), height=460, width=860)
+                                              range=[0, 1.05]),
+                      legend=dict(orientation="h", y=-0.25), height=480, width=900,
+                      margin=dict(b=120))
     return fig
 
 

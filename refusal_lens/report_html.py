@@ -73,6 +73,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _split(arm_key: str) -> str:
+    """Which test prompts an arm of the report's ``rates`` ran on."""
+    return "harmless" if arm_key.endswith("harmless") or "addition" in arm_key else "harmful"
+
+
 def _rate(v: dict[str, float] | None) -> str:
     if not v:
         return "n/a"
@@ -182,8 +187,8 @@ def render_report_html(run_dir: str | Path) -> Path:
              f"tokens; judge {_e(r['config']['judge'])}. Direction (seed {first}): layer "
              f"{d0['layer']}, position {d0['position']}, norm {_f(d0['norm'])}.</p>",
              "<h2>Refusal rates (every arm beside its random control)</h2>",
-             _table(["arm", "refusal rate [95% CI]", "n"],
-                    [[_e(k.replace("_", " ")), _rate(v), str(v["n"])]
+             _table(["prompts", "arm", "refusal rate [95% CI]", "n"],
+                    [[_split(k), _e(k.replace("_", " ")), _rate(v), str(v["n"])]
                      for k, v in r["rates"].items()]), rates_fig,
              "<h2>Decision</h2>",
              _table(["seed", "verdict"] + [_e(c.replace("_", " ")) for c in
