@@ -193,9 +193,11 @@ def candidate_scores_figure(
                      row=1, col=1)
     fig.update_xaxes(title_text="post-instruction position (offset, token)", tickangle=30,
                      row=1, col=1)
-    fig.update_layout(title=title, height=max(420, 22 * len(layers) + 220), autosize=True,
-                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
-                      margin=dict(l=60, r=30, t=90, b=120))
+    fig.update_layout(title=title, height=max(440, 22 * len(layers) + 240), autosize=True,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.09, xanchor="right",
+                                  x=1),
+                      uniformtext=dict(minsize=10, mode="show"),
+                      margin=dict(l=60, r=30, t=110, b=110))
     return fig
 
 
@@ -232,15 +234,28 @@ def refusal_rates_figure(rates: dict[str, dict[str, float]], title: str = "Refus
             for key in (arm, f"random_{arm}"):
                 if key in rates:
                     put(_ARM_LABELS[key], group, rates[key])
-    for name, (xs, ys, up, down) in series.items():
+    for i, (name, (xs, ys, up, down)) in enumerate(series.items()):
+        rand = name.startswith("random")
         fig.add_trace(go.Bar(
-            name=name, x=xs, y=ys, text=[f"{y:.2f}" for y in ys], textposition="outside",
+            name=name, x=xs, y=ys, offsetgroup=str(i), legendgroup=name,
             error_y=dict(type="data", array=up, arrayminus=down, visible=True),
-            marker_pattern_shape="/" if name.startswith("random") else "",
-        ))
-    fig.update_layout(barmode="group", title=title, yaxis=dict(title="refusal rate",
-                      range=[0, 1.15]), height=480, width=900, legend_title="arm")
+            marker=dict(color=_RANDOM_GREY if rand else _ARM_COLORS.get(name),
+                        pattern_shape="/" if rand else ""),
+            hovertemplate="%{x}, " + name + ": %{y:.2f}<extra></extra>"))
+        # the value above the top of its CI, so the two never overlap
+        fig.add_trace(go.Scatter(
+            x=xs, y=[y + u for y, u in zip(ys, up)], text=[f"{y:.2f}" for y in ys],
+            mode="text", textposition="top center", offsetgroup=str(i), legendgroup=name,
+            showlegend=False, hoverinfo="skip", textfont=dict(size=11)))
+    fig.update_layout(barmode="group", scattermode="group", title=title,
+                      yaxis=dict(title="refusal rate", range=[0, 1.15]), height=480, width=900,
+                      legend_title="arm (grey hatched: norm-matched random direction)")
     return fig
+
+
+_RANDOM_GREY = "#9e9e9e"
+_ARM_COLORS = {"baseline": "#1f77b4", "ablation": "#d62728", "orthogonalized": "#9467bd",
+               "addition": "#2ca02c"}
 
 
 def _count_ci(rate: float, n: int) -> tuple[float, float]:

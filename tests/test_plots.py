@@ -100,3 +100,21 @@ def test_png_written_where_a_renderer_exists(tmp_path, monkeypatch):
     png = tmp_path / "c.png"
     assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 20_000  # a drawn figure, not an empty canvas
+
+
+def test_refusal_rates_controls_grey_and_labels_above_the_intervals():
+    from refusal_lens.plots import refusal_rates_figure
+
+    r = lambda x, lo, hi: {"rate": x, "ci_low": lo, "ci_high": hi, "n": 100}  # noqa: E731
+    fig = refusal_rates_figure({"baseline_harmful": r(0.9, 0.8, 0.95),
+                                "ablation": r(0.04, 0.01, 0.07),
+                                "random_ablation": r(0.94, 0.9, 0.97)})
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    assert set(bars) == {"baseline", "ablation", "random ablation"}
+    assert bars["random ablation"].marker.pattern.shape == "/"
+    assert bars["random ablation"].marker.color not in (bars["ablation"].marker.color,
+                                                        bars["baseline"].marker.color)
+    labels = [t for t in fig.data if t.type == "scatter"]
+    tops = {t.text[0]: t.y[0] for t in labels}
+    assert tops == {"0.90": pytest.approx(0.95), "0.04": pytest.approx(0.07),
+                    "0.94": pytest.approx(0.97)}
