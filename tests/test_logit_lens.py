@@ -39,3 +39,15 @@ def test_bad_input(synthetic):
         logit_lens(synthetic, {1: torch.zeros(synthetic.d_model)})
     with pytest.raises(ValueError, match="at least one layer"):
         logit_lens(synthetic, {})
+
+
+@pytest.mark.embedded
+def test_matches_hf_on_the_embedded_model(embedded_base):
+    hf = embedded_base.hf_model
+    x = torch.randn(2, embedded_base.d_model, generator=torch.Generator().manual_seed(1))
+    norm = getattr(hf.model.norm, "original_component", hf.model.norm)
+    manual = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+              * norm.weight.detach().float()) @ hf.lm_head.weight.detach().float().T
+    got = direction_logits(embedded_base, x)
+    assert got.shape == (2, embedded_base.bridge.cfg.d_vocab)
+    assert torch.allclose(got, manual, atol=1e-3, rtol=1e-4)
