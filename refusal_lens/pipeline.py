@@ -359,7 +359,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {split} | {arm} | {_f(v['rate'], 2)} | [{_f(v['ci_low'], 2)}, "
                      f"{_f(v['ci_high'], 2)}] | {v['n']} |")
     lines += ["", *category_markdown(r.get("category_rates"))]
-    lines += [f"## Capability (harmless test prompts; CE of the {r.get('ce_text', 'baseline completions')}, "
+    lines += ["## Capability (harmless test prompts; CE of the "
+              f"{r.get('ce_text', 'baseline completions')}, "
               "KL at the last prompt position vs. baseline)", "",
               "| model | CE (nats/token) | KL |", "|---|---|---|"]
     for k, v in r["capability"].items():

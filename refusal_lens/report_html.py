@@ -180,7 +180,8 @@ def render_report_html(run_dir: str | Path) -> Path:
                           "(95% bootstrap CI; hatched = norm-matched random direction)"))
     parts = [f"<h1>Refusal direction: {_e(r['model'])}</h1>",
              '<div id="js-errors"></div>',
-             f'<div class="verdict v-{_e(r["verdict"].replace(" ", "-"))}">Verdict: {_e(r["verdict"])}</div>',
+             f'<div class="verdict v-{_e(r["verdict"].replace(" ", "-"))}">'
+             f'Verdict: {_e(r["verdict"])}</div>',
              f"<p>Created {_e(r['created'])}; {r['data']['n_harmful_test']} harmful / "
              f"{r['data']['n_harmless_test']} harmless held-out prompts ({_e(r['data']['name'])}"
              f"); seeds {_e(r['config']['seeds'])}; greedy, {r['config']['max_new_tokens']} new "
@@ -216,7 +217,8 @@ def render_report_html(run_dir: str | Path) -> Path:
               f"<h2>Sample completions (seed {first}): harmless prompts</h2>",
               _samples(records, "harmless", _HARMLESS_ARMS, first, N_SAMPLES),
               "<h2>Notes</h2><ul>" + ("".join(f"<li>{_e(n)}</li>" for n in r.get("notes", []))
-                                      or "<li>none</li>") + "</ul>", "<h2>Run timing</h2>", _timing(r)]
+                                      or "<li>none</li>") + "</ul>",
+              "<h2>Run timing</h2>", _timing(r)]
     from plotly.offline import get_plotlyjs
 
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Refusal direction: "
