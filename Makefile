@@ -9,11 +9,28 @@ OUT    ?= runs/embedded
 # CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: setup run test test-fast bench figures notebooks clean
+.PHONY: setup browser run test test-fast bench figures notebooks clean
 
 setup: $(STAMP)
 
+# Chromium draws the PNG figures (through kaleido) and runs the report.html browser test.
+# Installed with apt-get where it exists (as root, or with password-less sudo); elsewhere
+# setup goes on and says what is missing (figures stay HTML-only, that test is skipped).
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || (sudo -n true 2>/dev/null && echo "sudo -n" || echo "none"))
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1 || [ -x "$$BROWSER_PATH" ]; then \
+	  echo "browser: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$(SUDO)" != none ]; then \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium \
+	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; } \
+	  || echo "browser: apt-get could not install chromium; PNG figures and the browser test are skipped"; \
+	else \
+	  echo "browser: no Chrome/Chromium and no apt-get to install one; install one or set BROWSER_PATH for PNG figures"; \
+	fi
+
 $(STAMP): pyproject.toml Makefile
+	$(MAKE) --no-print-directory browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)

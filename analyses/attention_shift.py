@@ -26,8 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direction", default="runs/embedded/direction.safetensors")
     p.add_argument("--layer", type=int, default=None, help="layer to fit a direction at")
     p.add_argument("--out", default="figures/attention_shift")
+    p.add_argument("--views-only", action="store_true",
+                   help="only redraw the circuitsvis views of the heads saved in <out>.json "
+                        "(two forward passes, no attribution or attention statistics)")
     args = p.parse_args(argv)
     model = load_model(args.model)
+    if args.views_only:
+        from refusal_lens.datasets import load_splits
+        from refusal_lens.suffixes import shipped_suffix
+
+        heads = [tuple(h) for h in json.loads(open(args.out + ".json").read())["heads"]]
+        write_views(model, load_splits(seed=0).harmful_test[0], heads,
+                    shipped_suffix(args.model)["suffix"], args.out)
+        return 0
     setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
                             model_key=args.model)
     heads = direct_feature_attribution(model, setup.harmful, setup.direction).top_heads(args.k)
@@ -40,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out + ".json", json.dumps(summary, indent=2) + "\n")
     for path in save_figure(attention_shift_figure(shift), args.out):
         print(f"wrote {path}", file=sys.stderr)
-    example = setup.harmful[0]
-    for tag, suffix in (("no_suffix", None), ("adversarial", setup.adversarial)):
-        path = attention_pattern_html(model, example, heads, f"{args.out}_patterns_{tag}", suffix)
-        print(f"wrote {path}", file=sys.stderr)
+    write_views(model, setup.harmful[0], heads, setup.adversarial, args.out)
     return 0
+
+
+def write_views(model, example: str, heads, adversarial: str, out: str) -> None:
+    """circuitsvis views of ``heads`` on one held-out prompt, without and with the suffix."""
+    for tag, suffix in (("no_suffix", None), ("adversarial", adversarial)):
+        path = attention_pattern_html(model, example, heads, f"{out}_patterns_{tag}", suffix)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     first = str(report["config"]["seeds"][0])
     sel = scores[first]
     written = save_figure(candidate_scores_figure(
-        sel["candidates"], None, (sel["layer"], sel["position"]),
+        sel["candidates"], report.get("position_tokens"), (sel["layer"], sel["position"]),
         title=f"Candidate directions, {report['model']}, seed {first}"), out / "candidate_scores")
     n_seeds = len(report["config"]["seeds"])
     written += save_figure(refusal_rates_figure(

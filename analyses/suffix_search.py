@@ -3,6 +3,7 @@ then measure refusal on held-out harmful prompts with it, without it and with ra
 
     python analyses/suffix_search.py                 # re-measure the shipped suffix
     python analyses/suffix_search.py --search ...    # search anew and rewrite the shipped entry
+    python analyses/suffix_search.py --render        # redraw the figure from the shipped effect
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from refusal_lens import load_model
 from refusal_lens.datasets import load_splits
 from refusal_lens.paths import atomic_write_text
-from refusal_lens.plots import save_figure
+from refusal_lens.plots import save_figure, suffix_effect_figure
 from refusal_lens.suffixes import (GCGConfig, gcg_search, measure_effect, random_suffix,
                                    refused_prompts, shipped_suffix)
 
@@ -64,7 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direction-layer", type=int, default=20,
                    help="layer recorded when --direction does not exist")
     p.add_argument("--out", default="figures/suffix_effect")
+    p.add_argument("--render", action="store_true",
+                   help="only redraw the figure from the shipped entry's recorded effect "
+                        "(no model is loaded)")
     args = p.parse_args(argv)
+    if args.render:
+        entry = shipped_suffix(args.model)
+        if "effect" not in entry:
+            raise SystemExit(f"The shipped {args.model!r} suffix has no recorded effect; run "
+                             "with --record first.")
+        return render(entry["effect"], entry.get("model", args.model), args.out)
 
     model = load_model(args.model)
     splits = load_splits(seed=0)
@@ -117,15 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(SHIPPED, json.dumps(data, indent=2) + "\n")
         print(f"wrote {SHIPPED}", file=sys.stderr)
 
-    import plotly.graph_objects as go
+    return render(effect, model.name, args.out)
 
-    names = ["no suffix", "adversarial suffix"] + [f"random suffix (seed {s})" for s in seeds]
-    rates = [effect["refusal_no_suffix"], effect["refusal_adversarial"], *effect["refusal_random"]]
-    fig = go.Figure(go.Bar(x=names, y=rates, text=[f"{r:.2f}" for r in rates],
-                           textposition="outside"))
-    fig.update_layout(title=f"{model.name}: refusal on {len(test)} held-out harmful prompts",
-                      yaxis=dict(title="refusal rate", range=[0, 1.1]), height=450, width=800)
-    for path in save_figure(fig, args.out):
+
+def render(effect: dict, model_name: str, out: str) -> int:
+    """Draw the suffix-effect figure (with CIs and the random controls set apart)."""
+    fig = suffix_effect_figure(effect, title=f"{model_name}: refusal on {effect['n_prompts']} "
+                               "held-out harmful prompts (95% bootstrap CI)<br><sup>greedy, "
+                               f"{effect['max_new_tokens']} new tokens; random suffixes: same "
+                               "token length as the adversarial one</sup>")
+    for path in save_figure(fig, out):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -151,7 +151,8 @@ def attention_pattern_html(
     model: "LensModel", instruction: str, heads: Sequence[Head], path: str | Path,
     suffix: str | None = None,
 ) -> Path:
-    """Save circuitsvis ``attention_patterns`` of ``heads`` on one prompt as an HTML file."""
+    """Save circuitsvis attention views of ``heads`` on one prompt as an HTML file, each head
+    named by layer and head (``L21H4``)."""
     import circuitsvis as cv
 
     from .paths import atomic_write_text
@@ -164,12 +165,19 @@ def attention_pattern_html(
                                            **batch.forward_kwargs())
     pats = torch.stack([cache[names[l]][0, h] for l, h in heads]).float().cpu()
     tokens = [model.tokenizer.decode([t]) for t in batch.input_ids[0].tolist()]
-    html = cv.attention.attention_patterns(tokens=tokens, attention=pats)
-    names = ", ".join(f"{i}: L{l}H{h}" for i, (l, h) in enumerate(heads))
-    title = f"<h3>{_escape(model.name)} attention patterns ({names})</h3><p>{_escape(user)}</p>"
+    labels = head_names(heads)
+    html = cv.attention.attention_heads(attention=pats, tokens=tokens,
+                                        attention_head_names=labels)
+    title = (f"<h3>{_escape(model.name)} attention patterns ({', '.join(labels)})</h3>"
+             f"<p>{_escape(user)}</p>")
     # local_src inlines the circuitsvis bundle, so the file opens offline.
     return atomic_write_text(Path(path).with_suffix(".html"),
                              f"<html><body>{title}{html.local_src}</body></html>")
+
+
+def head_names(heads: Sequence[Head]) -> list[str]:
+    """``["L21H4", ...]``: the names heads go by in figures and views."""
+    return [f"L{l}H{h}" for l, h in heads]
 
 
 def _escape(text: str) -> str:

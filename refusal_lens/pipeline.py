@@ -63,6 +63,8 @@ class ExperimentData:
     # reference answers to ``harmless_test`` for the cross-entropy check (``None``: the
     # model's own baseline completions are scored instead)
     harmless_reference: list[str] | None = None
+    # the category of each ``harmful_test`` prompt (``None``: the data has no categories)
+    harmful_categories: list[str] | None = None
 
 
 def _draw(pool: Sequence[str], n: int, seed: int, side: str) -> list[str]:
@@ -107,8 +109,9 @@ def default_data(model: Any, n_train: int = 128, n_val: int = 32,
         return drawn(seed)
 
     ref_answers = ref.responses("harmless_test")
+    cats = [r["category"] for r in ref.records["harmful_test"]][: len(h_test)]
     return ExperimentData("public (JailbreakBench test)", h_test, s_test, fit,
-                          ref_answers[: len(s_test)] if ref_answers else None)
+                          ref_answers[: len(s_test)] if ref_answers else None, cats)
 
 
 def _public_pools() -> tuple[Any, list[str], list[str]]:
@@ -182,11 +185,13 @@ def run_pipeline(
     the figures ``candidate_scores.html`` and ``refusal_rates.html``. Returns the report dict.
     ``direction`` (a ``Direction`` or saved path) skips fitting and selection.
     """
+    from .categories import category_rates
     from .directions import Direction
     from .evaluation import (DECISION_RULE, evaluate_baseline, evaluate_direction,
                              evaluation_steps, summarize)
     from .model import load_model
     from .plots import candidate_scores_figure, refusal_rates_figure, save_figure
+    from .report_html import write_report_html
     from .scoring import SubstringJudge, discover_refusal_tokens, refusal_token_ids
     from .selection import SelectionConfig, dumps, select_direction
 
@@ -279,7 +284,7 @@ def run_pipeline(
         atomic_write_text(out / "scores.csv", "\n".join(csv) + "\n")
         sel0 = selections[first]
         save_figure(candidate_scores_figure(
-            sel0.table(), lm.chat.post_instruction_tokens(), (sel0.direction.layer,
+            sel0.table(), _position_tokens(lm), (sel0.direction.layer,
                                                               sel0.direction.position),
             title=f"Candidate directions, {lm.name}, seed {first}"), out / "candidate_scores")
     records = [r for a in (base.harmful, base.harmless) for r in a.records(None)]
@@ -306,14 +311,22 @@ def run_pipeline(
         "selection": {str(s): _brief(r) for s, r in selections.items()},
         "directions": {str(s): {"layer": d.layer, "position": d.position, "norm": d.norm}
                        for s, d in directions.items()},
+        "position_tokens": _position_tokens(lm),
         **{k: summary[k] for k in ("verdict", "rates", "capability", "seeds", "pooled_decision",
                                    "targets")},
+        "category_rates": category_rates(records, data.harmful_test, data.harmful_categories),
         "ce_text": base.ce_source,
         "notes": notes, "timing": timing,
     }
     atomic_write_text(out / "report.json", dumps(report))
     atomic_write_text(out / "report.md", render_markdown(report))
+    write_report_html(out, lm, directions[first], selections.get(first))
     return report
+
+
+def _position_tokens(lm: Any) -> list[str]:
+    """The post-instruction template tokens as text (labels of the candidate positions)."""
+    return [lm.tokenizer.decode([i]) for i in lm.chat.post_instruction_ids()]
 
 
 def _brief(sel) -> dict[str, Any]:
@@ -347,6 +360,7 @@ def _f(x: Any, digits: int = 3) -> str:
 
 def render_markdown(r: dict[str, Any]) -> str:
     """The human-readable summary: verdict, rates table, capability, selection, notes."""
+    from .categories import category_markdown
     from .evaluation import DECISION_RULE
 
     lines = [f"# Refusal direction: {r['model']}", "",
@@ -367,7 +381,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         arm = key.replace("_harmful", "").replace("_harmless", "").replace("_", " ")
         lines.append(f"| {split} | {arm} | {_f(v['rate'], 2)} | [{_f(v['ci_low'], 2)}, "
                      f"{_f(v['ci_high'], 2)}] | {v['n']} |")
-    lines += ["", f"## Capability (harmless test prompts; CE of the {r.get('ce_text', 'baseline completions')}, "
+    lines += ["", *category_markdown(r.get("category_rates"))]
+    lines += ["## Capability (harmless test prompts; CE of the "
+              f"{r.get('ce_text', 'baseline completions')}, "
               "KL at the last prompt position vs. baseline)", "",
               "| model | CE (nats/token) | KL |", "|---|---|---|"]
     for k, v in r["capability"].items():

@@ -3,94 +3,98 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .paths import atomic_write_bytes, atomic_write_text
+from .figure_files import save_figure, static_export_problem
 
-__all__ = ["save_figure", "candidate_scores_figure", "refusal_rates_figure"]
-
-_STATIC_OK: bool | None = None  # whether static (PNG) export works; probed once
-
-
-def save_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list[Path]:
-    """Write ``<stem>.html`` always, and ``<stem>.png`` when static export works.
-
-    The HTML loads ``plotly.min.js`` from its own folder (written there once, from the installed
-    plotly), so it works offline without embedding 4 MB of JavaScript in every figure.
-
-    PNG export needs kaleido (and a browser it can drive); without it the PNG is skipped with a
-    one-line message on stderr. Returns the written paths.
-    """
-    global _STATIC_OK
-    stem = Path(path_stem)
-    stem = stem.with_suffix("") if stem.suffix in (".html", ".png") else stem
-    js = stem.parent / "plotly.min.js"
-    if not js.is_file():
-        from plotly.offline import get_plotlyjs
-
-        atomic_write_text(js, get_plotlyjs())
-    out = [atomic_write_text(stem.with_suffix(".html"),
-                             fig.to_html(include_plotlyjs="directory", full_html=True))]
-    if png and _STATIC_OK is not False:
-        try:
-            data = fig.to_image(format="png", scale=2)
-        except Exception as err:  # kaleido missing or unable to start
-            _STATIC_OK = False
-            print(f"[refusal_lens] PNG export skipped ({type(err).__name__}: "
-                  f"{str(err).splitlines()[0] if str(err) else 'no details'}); HTML written.",
-                  file=sys.stderr)
-        else:
-            _STATIC_OK = True
-            out.append(atomic_write_bytes(stem.with_suffix(".png"), data))
-    return out
+__all__ = ["save_figure", "static_export_problem", "candidate_scores_figure",
+           "refusal_rates_figure", "suffix_effect_figure"]
 
 
-def _grid(rows: Sequence[dict[str, Any]], key: str, layers: list[int], positions: list[int]):
-    z = [[None] * len(positions) for _ in layers]
-    for r in rows:
-        v = r.get(key)
-        if r["layer"] in layers and isinstance(v, (int, float)) and math.isfinite(v):
-            z[layers.index(r["layer"])][positions.index(r["position"])] = v
-    return z
+def _position_label(position: int, tokens: Sequence[str] | None, positions: Sequence[int]
+                    ) -> str:
+    """``"-2 'assistant'"``: the offset and its template token (when the tokens are known;
+    ``tokens`` are the post-instruction tokens, last = offset -1)."""
+    if tokens and len(tokens) >= -position > 0:
+        return f"{position} {tokens[len(tokens) + position]!r}"
+    return str(position)
 
 
 def candidate_scores_figure(
     candidates: Sequence[dict[str, Any]], position_labels: Sequence[str] | None = None,
     chosen: tuple[int, int] | None = None, title: str = "Candidate directions",
 ) -> go.Figure:
-    """Heatmaps (layer x post-instruction position) of screen bypass, bypass, induce and KL.
+    """Every candidate's screen bypass (heatmap, layer x post-instruction position), and the
+    fully scored ones' validation bypass, induce and KL (bars; the chosen one in gold).
 
-    ``candidates``: rows with ``layer``, ``position``, ``screen_bypass``, ``bypass``, ``induce``,
-    ``kl`` (as in ``SelectionResult.table()``); blank cells were not scored.
+    ``candidates``: rows with ``layer``, ``position``, ``screen_bypass``, ``bypass``,
+    ``induce``, ``kl``, ``scored`` (as in ``SelectionResult.table()``); blank heatmap cells
+    were not screened. ``position_labels``: the post-instruction template tokens (last = offset
+    -1), shown on the position axis.
     """
     layers = sorted({r["layer"] for r in candidates})
     positions = sorted({r["position"] for r in candidates})
-    labels = [f"{p}: {position_labels[i]!s}" if position_labels and len(position_labels)
-              == len(positions) else str(p) for i, p in enumerate(positions)]
-    panels = [("screen_bypass", "bypass (screen)", "RdBu_r"), ("bypass", "bypass (val)", "RdBu_r"),
-              ("induce", "induce (val)", "RdBu"), ("kl", "KL (val)", "Viridis")]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in panels],
-                        shared_yaxes=True, horizontal_spacing=0.06)
-    for i, (key, name, scale) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(
-            z=_grid(candidates, key, layers, positions), x=labels, y=layers, colorscale=scale,
-            zmid=0 if key != "kl" else None, name=name,
-            colorbar=dict(x=0.205 * i + 0.06 * (i - 1) + 0.005, len=0.9, thickness=10),
-            hovertemplate="layer %{y}<br>position %{x}<br>" + name + " %{z:.3f}<extra></extra>",
-        ), row=1, col=i)
-        if chosen is not None and chosen[1] in positions:
-            fig.add_trace(go.Scatter(
-                x=[labels[positions.index(chosen[1])]], y=[chosen[0]], mode="markers",
-                marker=dict(symbol="star", size=14, color="gold", line=dict(color="black", width=1)),
-                name="chosen", showlegend=i == 1), row=1, col=i)
-    fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.update_xaxes(tickangle=45)
-    fig.update_layout(title=title, height=max(400, 18 * len(layers) + 200), width=1400)
+    labels = [_position_label(p, position_labels, positions) for p in positions]
+    scored = sorted((r for r in candidates if r.get("scored")),
+                    key=lambda r: (r["layer"], r["position"]))
+    names = [f"L{r['layer']} {_position_label(r['position'], position_labels, positions)}"
+             for r in scored]
+    is_chosen = [chosen is not None and (r["layer"], r["position"]) == tuple(chosen)
+                 for r in scored]
+    bars = [("bypass", "bypass (val) ↓"), ("induce", "induce (val) ↑"), ("kl", "KL (val) ↓")]
+    fig = make_subplots(rows=1, cols=1 + len(bars) if scored else 1,
+                        subplot_titles=["screen bypass, every candidate (lower = removes more "
+                                        "refusal)"] + ([b[1] for b in bars] if scored else []))
+    # heatmap, its colour bar, room for the bars' candidate labels, three bar panels
+    domains = [(0.0, 0.40), (0.56, 0.69), (0.72, 0.85), (0.88, 1.0)] if scored else [(0, 0.9)]
+    for i, dom in enumerate(domains, start=1):
+        fig.update_xaxes(domain=list(dom), row=1, col=i)
+        fig.layout.annotations[i - 1].x = sum(dom) / 2  # keep each subplot title centred
+    grid = [[None] * len(positions) for _ in layers]
+    for r in candidates:
+        v = r.get("screen_bypass")
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            grid[layers.index(r["layer"])][positions.index(r["position"])] = v
+    x_end = fig.layout.xaxis.domain[1]
+    fig.add_trace(go.Heatmap(
+        z=grid, x=labels, y=layers, colorscale="RdBu_r", zmid=0, name="screen bypass",
+        colorbar=dict(title=dict(text="screen<br>bypass", side="top"), x=x_end + 0.005,
+                      len=0.85, thickness=10),
+        hovertemplate="layer %{y}<br>position %{x}<br>screen bypass %{z:.3f}<extra></extra>"),
+        row=1, col=1)
+    if scored:
+        fig.add_trace(go.Scatter(
+            x=[labels[positions.index(r["position"])] for r in scored],
+            y=[r["layer"] for r in scored], mode="markers", name="fully scored",
+            marker=dict(symbol="circle-open", size=13, color="black", line=dict(width=2))),
+            row=1, col=1)
+    if chosen is not None and chosen[1] in positions:
+        fig.add_trace(go.Scatter(
+            x=[labels[positions.index(chosen[1])]], y=[chosen[0]], mode="markers", name="chosen",
+            marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1))),
+            row=1, col=1)
+    for i, (key, name) in enumerate(bars if scored else [], start=2):
+        vals = [r.get(key) if isinstance(r.get(key), (int, float)) else None for r in scored]
+        fig.add_trace(go.Bar(
+            x=vals, y=names, orientation="h", showlegend=False, name=name,
+            marker=dict(color=["gold" if c else "#7f9fbf" for c in is_chosen],
+                        line=dict(color="black", width=[1.5 if c else 0 for c in is_chosen])),
+            text=[f"{v:.3g}" if v is not None else "n/a" for v in vals], textposition="auto",
+            textangle=0, cliponaxis=False,
+            hovertemplate="%{y}<br>" + name + " %{x:.4f}<extra></extra>"), row=1, col=i)
+        fig.update_yaxes(showticklabels=i == 2, autorange="reversed", row=1, col=i)
+    fig.update_yaxes(title_text="layer", dtick=1, range=[layers[0] - 0.5, layers[-1] + 0.5],
+                     row=1, col=1)
+    fig.update_xaxes(title_text="post-instruction position (offset, token)", tickangle=30,
+                     row=1, col=1)
+    fig.update_layout(title=title, height=max(440, 22 * len(layers) + 240), autosize=True,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.09, xanchor="right",
+                                  x=1),
+                      uniformtext=dict(minsize=10, mode="show"),
+                      margin=dict(l=60, r=30, t=110, b=110))
     return fig
 
 
@@ -127,14 +131,71 @@ def refusal_rates_figure(rates: dict[str, dict[str, float]], title: str = "Refus
             for key in (arm, f"random_{arm}"):
                 if key in rates:
                     put(_ARM_LABELS[key], group, rates[key])
-    for name, (xs, ys, up, down) in series.items():
+    for i, (name, (xs, ys, up, down)) in enumerate(series.items()):
+        rand = name.startswith("random")
         fig.add_trace(go.Bar(
-            name=name, x=xs, y=ys, text=[f"{y:.2f}" for y in ys], textposition="outside",
+            name=name, x=xs, y=ys, offsetgroup=str(i), legendgroup=name,
             error_y=dict(type="data", array=up, arrayminus=down, visible=True),
-            marker_pattern_shape="/" if name.startswith("random") else "",
-        ))
-    fig.update_layout(barmode="group", title=title, yaxis=dict(title="refusal rate",
-                      range=[0, 1.15]), height=480, width=900, legend_title="arm")
+            marker=dict(color=_RANDOM_GREY if rand else _ARM_COLORS.get(name),
+                        pattern_shape="/" if rand else ""),
+            hovertemplate="%{x}, " + name + ": %{y:.2f}<extra></extra>"))
+        # the value above the top of its CI, so the two never overlap
+        fig.add_trace(go.Scatter(
+            x=xs, y=[y + u for y, u in zip(ys, up)], text=[f"{y:.2f}" for y in ys],
+            mode="text", textposition="top center", offsetgroup=str(i), legendgroup=name,
+            showlegend=False, hoverinfo="skip", textfont=dict(size=11)))
+    fig.update_layout(barmode="group", scattermode="group", title=title,
+                      yaxis=dict(title="refusal rate", range=[0, 1.15]), height=480, width=900,
+                      legend_title="arm (grey hatched: norm-matched random direction)")
+    return fig
+
+
+_RANDOM_GREY = "#9e9e9e"
+_ARM_COLORS = {"baseline": "#1f77b4", "ablation": "#d62728", "orthogonalized": "#9467bd",
+               "addition": "#2ca02c"}
+
+
+def _count_ci(rate: float, n: int) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of a refusal rate known as a count: ``rate * n`` of ``n``
+    (the bootstrap of 0/1 flags depends only on how many are 1)."""
+    from .evaluation import bootstrap_ci
+
+    k = round(rate * n)
+    return bootstrap_ci([1.0] * k + [0.0] * (n - k))
+
+
+def suffix_effect_figure(effect: dict[str, Any], title: str = "Refusal with an adversarial "
+                         "suffix (95% bootstrap CI)") -> go.Figure:
+    """Refusal without a suffix, with the adversarial suffix and with each random suffix of
+    the same length (the controls: grey, hatched), with 95% bootstrap CIs over prompts.
+
+    ``effect``: as from :func:`refusal_lens.suffixes.measure_effect` (``n_prompts``,
+    ``refusal_no_suffix``, ``refusal_adversarial``, ``refusal_random``; ``random_seeds``
+    labels the controls when present).
+    """
+    n = int(effect["n_prompts"])
+    seeds = effect.get("random_seeds") or list(range(len(effect["refusal_random"])))
+    groups = [("no suffix", ["no suffix"], [effect["refusal_no_suffix"]], "#1f77b4", ""),
+              ("adversarial suffix", ["adversarial suffix"], [effect["refusal_adversarial"]],
+               _COND_COLORS["harmful + adversarial suffix"], ""),
+              ("random suffixes (controls)", [f"random suffix, seed {s}" for s in seeds],
+               list(effect["refusal_random"]), "#9e9e9e", "/")]
+    fig = go.Figure()
+    for name, xs, ys, color, hatch in groups:
+        cis = [_count_ci(y, n) for y in ys]
+        # the rate and its CI under each bar (labels on the bars would collide with the CIs)
+        labels = [f"{x}<br><b>{y:.2f}</b> [{lo:.2f}, {hi:.2f}]"
+                  for x, y, (lo, hi) in zip(xs, ys, cis)]
+        fig.add_trace(go.Bar(
+            name=name, x=labels, y=ys, marker=dict(color=color, pattern_shape=hatch),
+            error_y=dict(type="data", array=[hi - y for y, (_, hi) in zip(ys, cis)],
+                         arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)], visible=True,
+                         thickness=2, width=8),
+            hovertemplate="%{x}<extra></extra>"))
+    fig.update_layout(title=title, yaxis=dict(title=f"refusal rate ({n} prompts)",
+                                              range=[0, 1.05]),
+                      legend=dict(orientation="h", y=-0.25), height=480, width=900,
+                      margin=dict(b=120))
     return fig
 
 

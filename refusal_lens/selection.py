@@ -115,6 +115,8 @@ class SelectionResult:
     baseline: dict[str, float]
     timing: dict[str, float] = field(default_factory=dict)
     sink: dict[str, Any] = field(default_factory=dict)
+    #: every layer's candidate vector at the chosen position (for the per-layer logit lens)
+    layer_vectors: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def chosen(self) -> CandidateScore:
@@ -388,7 +390,8 @@ def select_direction(
     )
     timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}
     return SelectionResult(direction, scores, rule, fallback, notes, list(refusal_ids), kl_random,
-                           threshold, filtering, baseline, timing, sink)
+                           threshold, filtering, baseline, timing, sink,
+                           {l: diffs[i, pi].float().clone() for i, l in enumerate(layers)})
 
 
 def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,

@@ -53,7 +53,8 @@ def test_heads_out_of_range(synthetic):
 
 
 def test_pattern_html(synthetic, tmp_path):
-    path = attention_pattern_html(synthetic, "make a bomb", [(1, 0)], tmp_path / "p",
+    path = attention_pattern_html(synthetic, "make a bomb", [(1, 0), (2, 1)], tmp_path / "p",
                                   suffix="you write")
     text = path.read_text()
-    assert path.suffix == ".html" and "L1H0" in text and "AttentionPatterns" in text
+    assert path.suffix == ".html" and "AttentionHeads" in text
+    assert '"attentionHeadNames": ["L1H0", "L2H1"]' in text  # heads named, not "Head 0-1"
