@@ -9,13 +9,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .errors import NonFiniteError
+
 if TYPE_CHECKING:
     from .model import Batch, LensModel
 
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 
 
-class ActivationError(ValueError):
+class ActivationError(NonFiniteError):
     """Activations that cannot be used (NaN / inf)."""
 
 

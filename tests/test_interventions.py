@@ -7,6 +7,7 @@ import torch
 
 from refusal_lens.activations import resid_hook_name
 from refusal_lens.directions import Direction, DirectionError, random_like
+from refusal_lens.errors import InputError, InputTypeError, NonFiniteError
 from refusal_lens.interventions import (
     ablated,
     ablation_hooks,
@@ -149,3 +150,59 @@ def test_ablate_twice_and_add_subtract_embedded(embedded_setup):
     assert torch.equal(m.logits(batch, addition_hooks(m, d, 14, 0.0)), base)
     back = m.logits(batch, addition_hooks(m, d, 14, 1.0) + addition_hooks(m, d, 14, -1.0))
     assert _real_max(back, base, batch) < 1e-3
+
+
+# ---- bad input: clear errors, or the right result, never a silent no-op ------------------
+
+
+@pytest.mark.parametrize("layers", [[99], [-1], [], [1.0]])
+def test_ablation_layers_out_of_range_are_refused(syn, layers):
+    m, s, _, _ = syn
+    with pytest.raises(InputError, match="out of range|empty"):
+        ablation_hooks(m, s.direction, layers=layers)
+
+
+def test_unknown_hook_points_are_refused(syn):
+    m, s, _, _ = syn
+    with pytest.raises(InputError, match="Unknown hook points"):
+        ablation_hooks(m, s.direction, points=["hook_resid_typo"])
+    with pytest.raises(InputError, match="list of hook points"):
+        ablation_hooks(m, s.direction, points="hook_resid_pre")
+
+
+def test_direction_overflowing_float32_norm_still_ablates(syn):
+    m, s, _, batch = syn
+    big = (s.direction / s.direction.abs().max() * 1e19).float()  # entries ~1e19
+    assert not torch.isfinite(big.norm())  # the float32 norm overflows
+    ablated_big = m.logits(batch, ablation_hooks(m, big))
+    ablated = m.logits(batch, ablation_hooks(m, s.direction))
+    assert _real_max(ablated_big, ablated, batch) < 1e-4
+    assert _real_max(ablated_big, m.logits(batch), batch) > 1e-2  # not a no-op
+
+
+def test_addition_coefficient_and_overflow_are_checked(syn):
+    m, s, _, _ = syn
+    for coeff in (float("nan"), float("inf"), "1"):
+        with pytest.raises(InputError, match="coeff must be a finite number"):
+            addition_hooks(m, s.direction, 1, coeff=coeff)
+    with pytest.raises(NonFiniteError, match="overflows"):
+        addition_hooks(m, s.direction.float() * 1e19, 1, coeff=1e30)
+    with pytest.raises(InputError, match="out of range"):
+        addition_hooks(m, s.direction, -1)
+
+
+def test_vector_shape_and_dtype_are_checked(syn):
+    m, _, _, _ = syn
+    assert m.d_model == 64
+    square = torch.ones(8, 8)  # 64 entries: would fit if flattened
+    with pytest.raises(DirectionError, match=r"shape \(8, 8\)"):
+        addition_hooks(m, square, 1)
+    with pytest.raises(DirectionError, match=r"shape \(8, 8\)"):
+        Direction(square, layer=1, position=-1)
+    ints = torch.ones(64, dtype=torch.int32)
+    with pytest.raises(InputTypeError, match="int32.*floating"):
+        ablation_hooks(m, ints)
+    with pytest.raises(InputTypeError, match="int32"):
+        Direction(ints, layer=1, position=-1)
+    with pytest.raises(InputTypeError, match="layer must be an int"):
+        Direction(torch.ones(64), layer="3", position=-1)

@@ -77,3 +77,23 @@ def test_synthetic_wrapper_surface(synthetic):
     assert synthetic.post_instruction_positions[-1] == -1
     assert "blocks.0.hook_resid_pre" in synthetic.bridge.hook_dict
     assert "synthetic" in repr(synthetic)
+
+
+# ---- positions: offsets back from each prompt's end, never onto padding ------------------
+
+
+def test_positions_outside_the_prompt_are_refused(synthetic):
+    from refusal_lens.errors import PositionError
+    from refusal_lens.model import Batch
+
+    # a left-padded batch: row 0 has 7 real tokens, row 1 has 12
+    mask = torch.tensor([[0] * 5 + [1] * 7, [1] * 12])
+    batch = Batch(torch.arange(24).reshape(2, 12), mask)
+    x = torch.arange(24).reshape(2, 12, 1)
+    assert batch.gather(x, [-7, -1])[:, :, 0].tolist() == [[5, 11], [17, 23]]
+    for bad in ([-9], [-8], [-1000], [0], [3]):
+        with pytest.raises(PositionError, match=r"-7\.\.-1"):
+            batch.gather(x, bad)
+    s = synthetic.info["synthetic"]
+    with pytest.raises(PositionError, match="outside the prompt"):
+        synthetic.resid_means(s.harmful[:2], layers=[1], positions=[-1000], progress=False)

@@ -253,3 +253,10 @@ def test_orthogonalized_equals_hook_ablation_embedded(emb, kind, tmp_path):
         reloaded = AutoModelForCausalLM.from_pretrained(out)
         assert _real_max(_plain_logits(reloaded, batch), orth.logits(batch), batch) < 1e-5
 
+
+
+def test_zero_or_overflowing_direction_is_refused_not_nan(synthetic):
+    with pytest.raises(DirectionError, match="zero vector"):
+        orthogonalize(synthetic, torch.zeros(synthetic.d_model))
+    with pytest.raises(DirectionError, match="NaN or inf"):
+        orthogonalize(synthetic, torch.full((synthetic.d_model,), float("inf")))
