@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .directions import Direction
-from .evaluation import DECISION_RULE, evaluate_baseline, evaluate_direction, summarize
+from .errors import InputError, ResumeError
+from .evaluation import (CI_LABEL, CI_METHOD, DECISION_RULE, evaluate_baseline,
+                         evaluate_direction, summarize)
 from .paths import atomic_write_text
+from .rundir import RunDir, check_out_dir, environment, weights_hash
 from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
 from .selection import SelectionConfig, dumps, select_direction
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
-           "run_cli", "render_markdown", "induce_ranking", "FAST"]
+           "run_cli", "render_markdown", "induce_ranking", "check_run_args", "FAST"]
 
 #: Small counts for smoke tests (``--fast``).
 FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
@@ -139,12 +142,40 @@ def heldout_instructions(exclude: Sequence[FitData], n: int = 100, side: str = "
     return pool[:n]
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"Output directory {out_dir} exists and is not empty; pass "
-                              "force=True (--force) to overwrite its files, or choose another.")
+def _count(name: str, value: Any, allow_none: bool = False, flag: str | None = None) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}"
+                         f"{f' ({flag})' if flag else ''}.")
+
+
+def check_run_args(seeds: Sequence[int], n_train: int, n_val: int, n_test: int | None,
+                   max_new_tokens: int, batch_size: int, gen_batch_size: int,
+                   n_screen: int | None, top_k: int | None,
+                   selection: SelectionConfig | None) -> None:
+    """Refuse any unusable run argument before any model work (nothing is replaced)."""
+    if isinstance(seeds, (str, int)) or not seeds:
+        raise InputError(f"seeds must be a non-empty list of ints, e.g. (0, 1); got {seeds!r}.")
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
+        raise InputError(f"seeds must be ints, got {list(seeds)}.")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds has repeats ({list(seeds)}); each seed must be distinct.")
+    for name, value, none_ok, flag in (
+            ("n_train", n_train, False, "--n-train"), ("n_val", n_val, False, "--n-val"),
+            ("n_test", n_test, True, "--n-test"),
+            ("max_new_tokens", max_new_tokens, False, "--max-new-tokens"),
+            ("batch_size", batch_size, False, "--batch-size"),
+            ("gen_batch_size", gen_batch_size, False, "--gen-batch-size"),
+            ("n_screen", n_screen, True, None), ("top_k", top_k, True, None)):
+        _count(name, value, none_ok, flag)
+    if selection is not None:
+        e = selection.sink_energy
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < 1.0:
+            raise InputError(f"sink_energy (--sink-energy) must be in [0, 1), got {e!r}; use 0 "
+                             "for the paper's exact vectors.")
+        for name in ("n_screen", "top_k", "n_random", "min_kept", "batch_size", "group"):
+            _count(f"selection.{name}", getattr(selection, name))
 
 
 def run_pipeline(
@@ -157,6 +188,7 @@ def run_pipeline(
     max_new_tokens: int = 64,
     force: bool = False,
     *,
+    resume: bool = False,
     data: ExperimentData | None = None,
     direction: Direction | str | Path | None = None,
     refusal_tokens: Sequence[str] | None = None,
@@ -168,6 +200,8 @@ def run_pipeline(
     orthogonalized: bool = True,
     progress: bool = True,
     gen_batch_size: int = 64,
+    device: str | None = None,
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``model`` (a spec or a ``LensModel``) and write ``out_dir``.
 
@@ -175,71 +209,101 @@ def run_pipeline(
     ``scores.json`` / ``scores.csv`` (every candidate, every seed), ``completions.jsonl`` and
     the figures ``candidate_scores.html`` and ``refusal_rates.html``. Returns the report dict.
     ``direction`` (a ``Direction`` or saved path) skips fitting and selection.
+
+    Every argument and ``out_dir`` are checked before any model work. Each finished stage is
+    saved under ``out_dir`` as it completes (:mod:`refusal_lens.rundir`); ``resume`` continues
+    an interrupted run with the same configuration, ``force`` empties an earlier run's directory.
     """
     from .model import load_model
     from .plots import candidate_scores_figure, refusal_rates_figure, save_figure
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    _check_out_dir(out, force)
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. (0, 1).")
-    lm = load_model(model) if isinstance(model, str) else model
+    check_run_args(seeds, n_train, n_val, n_test, max_new_tokens, batch_size, gen_batch_size,
+                   n_screen, top_k, selection)
+    seeds = tuple(seeds)
     given = None
-    if direction is not None:
+    if direction is not None:  # a file's errors before any model work
         given = direction if isinstance(direction, Direction) else Direction.load(direction)
-        given.check_width(lm)
-    data = data or default_data(lm, n_train, n_val, n_test)
-    judge = judge or SubstringJudge()
+    out = check_out_dir(out_dir, force, resume)
     cfg = replace(selection or SelectionConfig(batch_size=batch_size))
-    cfg.n_screen = n_screen or cfg.n_screen
-    cfg.top_k = top_k or cfg.top_k
-    out.mkdir(parents=True, exist_ok=True)
-    timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
+    cfg.n_screen = cfg.n_screen if n_screen is None else n_screen
+    cfg.top_k = cfg.top_k if top_k is None else top_k
+    judge = judge or SubstringJudge()
+    config = {"model": model if isinstance(model, str) else getattr(model, "name", str(model)),
+              "seeds": list(seeds), "n_train": n_train, "n_val": n_val, "n_test": n_test,
+              "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+              "gen_batch_size": gen_batch_size, "selection": vars(cfg),
+              "judge": getattr(judge, "name", type(judge).__name__),
+              "orthogonalized": orthogonalized, "refusal_tokens": list(refusal_tokens or []),
+              "direction": None if given is None else _direction_id(given),
+              "device": device, "dtype": str(dtype) if dtype is not None else None}
+    run = RunDir(out, config, force=force, resume=resume)
+    kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    lm = load_model(model, **kw) if isinstance(model, str) else model
     notes: list[str] = []
+    if given is not None:
+        notes += given.check_width(lm)
+    data = data or default_data(lm, n_train, n_val, n_test)
+    inputs = {"weights_sha256": weights_hash(lm), "data": _data_id(data, seeds)}
+    if run.manifest.setdefault("inputs", inputs) != inputs:
+        raise ResumeError(f"--resume: the model weights or prompts differ from those of the run "
+                          f"in {out} ({run.manifest['inputs']} vs {inputs}); pass --force to "
+                          "start over.")
+    run._write_manifest()
+    timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     if lm.info.get("organism") is False:
         notes.append("the refusal organism adapter is not installed: 'embedded' ran on the base "
                      "model, which does not refuse")
 
-    # Refusal tokens: learnt once from the first seed's harmful training prompts.
-    t = time.perf_counter()
-    fit0 = data.fit(seeds[0])
-    if refusal_tokens:
-        rt = {"ids": refusal_token_ids(lm.tokenizer, refusal_tokens), "source": "given"}
-        rt["tokens"] = lm.tokenizer.convert_ids_to_tokens(rt["ids"])
-    else:
-        rt = discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
-                                     batch_size=batch_size, progress=progress)
-        if rt["source"] == "fallback":
-            notes.append(f"the model refused none of {rt['n_prompts']} harmful training prompts; "
-                         f"refusal tokens fell back to {rt['tokens']}")
-    timing["refusal_tokens_s"] = time.perf_counter() - t
+    def stage(name: str, timing_key: str, compute: Callable[[], Any]) -> Any:
+        """A finished stage from ``run``, else computed now and saved at once."""
+        if run.done(name):
+            timing[timing_key] = run.seconds(name)
+            return run.load(name)
+        t = time.perf_counter()
+        value = compute()
+        timing[timing_key] = time.perf_counter() - t
+        run.save(name, value, timing[timing_key])
+        return value
 
-    t = time.perf_counter()
-    base = evaluate_baseline(lm, data.harmful_test, data.harmless_test, judge, max_new_tokens,
-                             batch_size, progress, harmless_reference=data.harmless_reference,
-                             gen_batch_size=gen_batch_size)
-    timing["baseline_s"] = time.perf_counter() - t
+    # Refusal tokens: learnt once from the first seed's harmful training prompts.
+    fit0 = data.fit(seeds[0])
+
+    def tokens() -> dict[str, Any]:
+        if refusal_tokens:
+            ids = refusal_token_ids(lm.tokenizer, refusal_tokens)
+            return {"ids": ids, "source": "given",
+                    "tokens": lm.tokenizer.convert_ids_to_tokens(ids)}
+        return discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
+                                       batch_size=batch_size, progress=progress)
+
+    rt = stage("refusal_tokens", "refusal_tokens_s", tokens)
+    if rt["source"] == "fallback":
+        notes.append(f"the model refused none of {rt['n_prompts']} harmful training prompts; "
+                     f"refusal tokens fell back to {rt['tokens']}")
+    base = stage("baseline", "baseline_s", lambda: evaluate_baseline(
+        lm, data.harmful_test, data.harmless_test, judge, max_new_tokens, batch_size, progress,
+        harmless_reference=data.harmless_reference, gen_batch_size=gen_batch_size))
 
     selections, per_seed, directions = {}, [], {}
     for seed in seeds:
         fit = fit0 if seed == seeds[0] else data.fit(seed)
-        t = time.perf_counter()
         if given is None:
             cfg.seed = seed
-            sel = select_direction(lm, fit.harmful_train, fit.harmless_train, fit.harmful_val,
-                                   fit.harmless_val, rt["ids"], cfg, dataset_hash=fit.hash(),
-                                   progress=progress)
+            sel = stage(f"selection-seed{seed}", f"select_seed{seed}_s", lambda: select_direction(
+                lm, fit.harmful_train, fit.harmless_train, fit.harmful_val, fit.harmless_val,
+                rt["ids"], cfg, dataset_hash=fit.hash(), progress=progress))
             selections[seed], d = sel, sel.direction
             notes += [f"seed {seed}: {n}" for n in sel.notes]
         else:
             d = given
+            timing[f"select_seed{seed}_s"] = 0.0
         directions[seed] = d
-        timing[f"select_seed{seed}_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens, batch_size,
-                                           orthogonalized, progress, gen_batch_size))
-        timing[f"evaluate_seed{seed}_s"] = time.perf_counter() - t
+        per_seed.append(stage(f"evaluation-seed{seed}", f"evaluate_seed{seed}_s",
+                              lambda: evaluate_direction(lm, d, base, seed, judge,
+                                                         max_new_tokens, batch_size,
+                                                         orthogonalized, progress,
+                                                         gen_batch_size)))
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)
 
@@ -267,13 +331,13 @@ def run_pipeline(
     atomic_write_text(out / "completions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     save_figure(refusal_rates_figure(summary["rates"], title=f"Refusal rates, {lm.name} "
-                                     f"(95% bootstrap CI, {len(seeds)} seed(s))"),
+                                     f"(95% {CI_LABEL}, {len(seeds)} seed(s))"),
                 out / "refusal_rates")
     timing["total_s"] = time.perf_counter() - t0
     report = {
         "model": lm.name, "model_info": {k: v for k, v in lm.info.items()
                                          if isinstance(v, (str, int, float, bool))},
-        "created": datetime.now().isoformat(timespec="seconds"),
+        "created": run.created,
         "data": {"name": data.name, "n_harmful_test": len(data.harmful_test),
                  "n_harmless_test": len(data.harmless_test), "n_train": n_train, "n_val": n_val,
                  "hashes": {str(s): selections[s].direction.dataset_hash
@@ -281,19 +345,36 @@ def run_pipeline(
         "config": {"seeds": list(seeds), "max_new_tokens": max_new_tokens,
                    "batch_size": batch_size, "gen_batch_size": gen_batch_size,
                    "selection": vars(cfg), "judge": getattr(judge, "name", type(judge).__name__),
-                   "decision_rule": DECISION_RULE, "direction_given": given is not None},
+                   "decision_rule": DECISION_RULE, "direction_given": given is not None,
+                   "hash": run.hash, "run": run.config},
+        "environment": environment(), "model_weights_sha256": inputs["weights_sha256"],
         "refusal_tokens": {k: rt[k] for k in ("ids", "tokens", "source") if k in rt},
         "selection": {str(s): _brief(r) for s, r in selections.items()},
         "directions": {str(s): {"layer": d.layer, "position": d.position, "norm": d.norm}
                        for s, d in directions.items()},
         **{k: summary[k] for k in ("verdict", "rates", "capability", "seeds", "pooled_decision",
                                    "targets")},
+        "ci_method": summary.get("ci_method", CI_METHOD),
         "ce_text": base.ce_source,
         "notes": notes, "timing": timing,
     }
     atomic_write_text(out / "report.json", dumps(report))
     atomic_write_text(out / "report.md", render_markdown(report))
     return report
+
+
+def _direction_id(d: Direction) -> dict[str, Any]:
+    """What identifies a given direction in a run's configuration."""
+    vec = hashlib.sha256(d.vector.double().numpy().tobytes()).hexdigest()
+    return {"layer": d.layer, "position": d.position, "model": d.model, "vector_sha256": vec}
+
+
+def _data_id(data: ExperimentData, seeds: Sequence[int]) -> dict[str, Any]:
+    """Hashes of the test prompts and of each seed's train/val prompts."""
+    test = hashlib.sha256(json.dumps([data.harmful_test, data.harmless_test,
+                                      data.harmless_reference]).encode()).hexdigest()
+    return {"name": data.name, "test_sha256": test,
+            "fit_sha256": {str(s): data.fit(s).hash() for s in seeds}}
 
 
 def _brief(sel) -> dict[str, Any]:
@@ -338,7 +419,8 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"{DECISION_RULE['min_drop_vs_random']} vs. the random direction; addition raises "
              "harmless refusal by the same margins; every seed must pass; baseline harmful "
              f"refusal < {DECISION_RULE['min_baseline_refusal']} gives NO-BASELINE-REFUSAL.", "",
-             *_sink_line(r), "## Refusal rates (pooled over seeds, 95% bootstrap CI)", "",
+             *_sink_line(r), f"## Refusal rates (pooled over seeds, 95% {CI_LABEL})", "",
+             f"Intervals: {r.get('ci_method', CI_METHOD)}", "",
              "| prompts | arm | refusal rate | 95% CI | n |", "|---|---|---|---|---|"]
     for key, v in r["rates"].items():
         split = ("harmless" if key.endswith("harmless") or "addition" in key else "harmful")
@@ -434,31 +516,77 @@ def _why(target: str, r: dict[str, Any]) -> str:
     return ""
 
 
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens run``: the whole pipeline from the command line."""
-    p = argparse.ArgumentParser(prog="refusal-lens run", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="embedded", help="model spec (default: embedded)")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<time>)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1)")
-    p.add_argument("--n-val", type=int, default=None, help="validation prompts per side (32)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens (64)")
-    p.add_argument("--sink-energy", type=float, default=None,
+    """``refusal-lens run``: the whole pipeline from the command line.
+
+    Every option and ``--out`` are checked before the model is loaded."""
+    p = argparse.ArgumentParser(
+        prog="refusal-lens run", description=__doc__.splitlines()[0],
+        epilog="Stages are saved under --out as they finish; after an interruption, rerun the "
+               "same command with --resume to continue from the last finished stage.")
+    p.add_argument("--model", default="embedded", metavar="SPEC",
+                   help="model spec: embedded (the refusal organism), embedded-base, synthetic, "
+                        "a local Hugging Face directory or a hub id (default: embedded)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory; must be new or empty unless --force or --resume "
+                        "(default: runs/<model>-<date>-<time>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true",
+                      help="empty --out (an earlier run's directory) first, then run")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the interrupted run in --out from its last finished stage "
+                           "(the arguments must be the same as the first time)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="seeds: each draws its own train/val prompts and fits and selects its "
+                        "own direction; test prompts are the same for all (default: 0 1)")
+    p.add_argument("--n-train", type=int, default=None, metavar="N",
+                   help="training prompts per side for fitting (default: 128; --fast: 32)")
+    p.add_argument("--n-val", type=int, default=None, metavar="N",
+                   help="validation prompts per side for selection (default: 32; --fast: 8)")
+    p.add_argument("--n-test", type=int, default=None, metavar="N",
+                   help="held-out test prompts per side (default: 100; --fast: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="greedy tokens generated per completion (default: 64; --fast: 24)")
+    p.add_argument("--sink-energy", type=float, default=None, metavar="E",
                    help="project candidates off the first token's residual subspace holding "
-                        "this much energy (0.95; 0 = the paper's exact vectors)")
-    p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
+                        "this fraction of its energy, in [0, 1) (default: 0.95; 0 = the "
+                        "paper's exact vectors)")
+    p.add_argument("--direction", default=None, metavar="PATH",
+                   help="a direction saved with Direction.save() (.safetensors): skip fitting "
+                        "and selection and evaluate this one")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="prompts per forward pass when fitting and scoring (default: 32)")
+    p.add_argument("--gen-batch-size", type=int, default=None, metavar="N",
+                   help="prompts per generation batch (default: 64)")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="torch device to load the model on, e.g. cpu or cuda (default: the "
+                        "loader's choice)")
+    p.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
+                   help="weight dtype (default: float32)")
+    p.add_argument("--fast", action="store_true",
+                   help="small counts (32 train, 8 val, 16 test prompts, 24 tokens, seed 0), "
+                        "for a smoke test; explicit options override them")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
-    if a.seeds:
-        kw["seeds"] = tuple(a.seeds)
-    if a.n_val:
-        kw["n_val"] = a.n_val
-    if a.max_new_tokens:
-        kw["max_new_tokens"] = a.max_new_tokens
+    for name in ("seeds", "n_train", "n_val", "n_test", "max_new_tokens", "batch_size",
+                 "gen_batch_size", "direction", "device"):
+        value = getattr(a, name)
+        if value is not None:  # given values are used (or refused), never replaced
+            kw[name] = tuple(value) if name == "seeds" else value
     if a.sink_energy is not None:
-        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy)
+        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy,
+                                          batch_size=kw.get("batch_size", 32))
+    if a.dtype is not None:
+        import torch
+
+        kw["dtype"] = getattr(torch, _DTYPES[a.dtype])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
-    report = run_pipeline(a.model, out, force=a.force, **kw)
+    report = run_pipeline(a.model, out, force=a.force, resume=a.resume, progress=not a.quiet,
+                          **kw)
     print(f"verdict: {report['verdict']}  (report: {Path(out) / 'report.md'})")
     return 0
