@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from .errors import RefusalLensError
+
 # subcommand -> (module, function taking argv and returning an exit code, help line)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("refusal_lens.pipeline", "run_cli",
@@ -69,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, KeyError) as err:
+    except (RefusalLensError, ValueError, FileExistsError, FileNotFoundError, RuntimeError,
+            KeyError) as err:
         print(f"refusal-lens {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -234,10 +234,16 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
 def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, **kw
-    )
+    from .modelfiles import check_model_dir, load_error
+
+    check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code,
+            **kw)
+    except (OSError, ValueError, RuntimeError) as err:  # corrupt or incomplete files
+        raise load_error(path, err) from err
     return model, tok
 
 
