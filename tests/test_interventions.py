@@ -206,3 +206,78 @@ def test_vector_shape_and_dtype_are_checked(syn):
         Direction(ints, layer=1, position=-1)
     with pytest.raises(InputTypeError, match="layer must be an int"):
         Direction(torch.ones(64), layer="3", position=-1)
+
+
+# ---- properties over random directions, shapes and dtypes (hypothesis) -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refusal_lens.directions import unit_vector  # noqa: E402
+
+DTYPES = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@st.composite
+def vectors_and_batches(draw):
+    """A random direction of any scale (1e-6 .. 1e19 entries) and a batch of any shape."""
+    d = draw(st.integers(1, 96))
+    lead = draw(st.lists(st.integers(1, 5), min_size=0, max_size=3))
+    dtype = draw(st.sampled_from(list(DTYPES)))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    scale = 10.0 ** draw(st.integers(-6, 19))
+    vec = torch.randn(d, generator=gen, dtype=torch.float64) * scale
+    x = torch.randn(*lead, d, generator=gen, dtype=torch.float64).to(dtype)
+    return vec.to(draw(st.sampled_from([torch.float32, torch.float64]))), x, dtype
+
+
+@settings(max_examples=200, deadline=None)
+@given(vectors_and_batches())
+def test_project_out_is_idempotent_and_leaves_nothing_along_the_direction(case):
+    vec, x, dtype = case
+    u = unit_vector(vec)
+    assert torch.isfinite(u).all() and abs(float(u.double().norm()) - 1) < 1e-6
+    once = project_out(x, u)
+    assert once.dtype == dtype and once.shape == x.shape
+    eps = max(DTYPES[dtype], DTYPES[vec.dtype])  # the coarser of the batch's and the unit's
+    tol = eps * max(1.0, float(x.double().abs().max())) * x.shape[-1] ** 0.5
+    along = (once.double() @ u.double()).abs()
+    assert float(along.max()) <= tol
+    assert float((project_out(once, u).double() - once.double()).abs().max()) <= 2 * tol
+
+
+@st.composite
+def model_directions(draw):
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    scale = 10.0 ** draw(st.integers(-3, 19))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    return (torch.randn(64, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+@settings(max_examples=15, deadline=None)
+@given(model_directions())
+def test_ablation_is_idempotent_on_the_model(syn, vec):
+    m, _, _, batch = syn
+    seen = {}
+
+    def grab(x, hook):  # runs after the ablation hook at the same point
+        seen[hook.name] = x.detach().double()
+        return x
+
+    last = f"blocks.{m.n_layers - 1}.hook_resid_post"
+    once = m.logits(batch, ablation_hooks(m, vec) + [(last, grab)])
+    twice = m.logits(batch, ablation_hooks(m, vec) + ablation_hooks(m, vec))
+    assert torch.isfinite(once).all()
+    assert _real_max(once, twice, batch) < 1e-4
+    resid = seen[last][batch.attention_mask.bool()]
+    along = resid @ unit_vector(vec).double()
+    assert float(along.abs().max()) < 1e-5 * float(resid.norm(dim=-1).max())
+
+
+@settings(max_examples=15, deadline=None)
+@given(model_directions(), st.integers(0, 3), st.floats(-8, 8, allow_nan=False))
+def test_addition_then_subtraction_is_the_identity(syn, vec, layer, coeff):
+    m, _, _, batch = syn
+    vec = vec / vec.double().norm().to(vec.dtype) * 5  # residual-sized: float32 rounding stays small
+    hooks = addition_hooks(m, vec, layer, coeff) + addition_hooks(m, vec, layer, -coeff)
+    assert _real_max(m.logits(batch, hooks), m.logits(batch), batch) < 1e-3
