@@ -246,22 +246,26 @@ def test_project_out_is_idempotent_and_leaves_nothing_along_the_direction(case):
     assert float((project_out(once, u).double() - once.double()).abs().max()) <= 2 * tol
 
 
-@st.composite
-def model_directions(draw):
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-    scale = 10.0 ** draw(st.integers(-3, 19))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    return (torch.randn(64, generator=gen, dtype=torch.float64) * scale).to(dtype)
+#: A random direction for the synthetic model: (seed, log10 scale, dtype), built by _vector.
+model_directions = st.tuples(st.integers(0, 2**31), st.integers(-3, 19),
+                             st.sampled_from([torch.float32, torch.float64]))
+
+
+def _vector(case, d_model: int = 64) -> torch.Tensor:
+    seed, exp, dtype = case
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(d_model, generator=gen, dtype=torch.float64) * 10.0 ** exp).to(dtype)
 
 
 @settings(max_examples=15, deadline=None)
-@given(model_directions())
-def test_ablation_is_idempotent_on_the_model(syn, vec):
+@given(model_directions)
+def test_ablation_is_idempotent_on_the_model(syn, case):
     m, _, _, batch = syn
+    vec = _vector(case)
     seen = {}
 
     def grab(x, hook):  # runs after the ablation hook at the same point
-        seen[hook.name] = x.detach().double()
+        seen[last] = x.detach().double()
         return x
 
     last = f"blocks.{m.n_layers - 1}.hook_resid_post"
@@ -275,9 +279,10 @@ def test_ablation_is_idempotent_on_the_model(syn, vec):
 
 
 @settings(max_examples=15, deadline=None)
-@given(model_directions(), st.integers(0, 3), st.floats(-8, 8, allow_nan=False))
-def test_addition_then_subtraction_is_the_identity(syn, vec, layer, coeff):
+@given(model_directions, st.integers(0, 3), st.floats(-8, 8, allow_nan=False))
+def test_addition_then_subtraction_is_the_identity(syn, case, layer, coeff):
     m, _, _, batch = syn
+    vec = _vector(case)
     vec = vec / vec.double().norm().to(vec.dtype) * 5  # residual-sized: float32 rounding stays small
     hooks = addition_hooks(m, vec, layer, coeff) + addition_hooks(m, vec, layer, -coeff)
     assert _real_max(m.logits(batch, hooks), m.logits(batch), batch) < 1e-3
