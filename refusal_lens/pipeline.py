@@ -9,7 +9,6 @@ for fitting or selection.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -21,19 +20,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .directions import Direction
-from .errors import InputError, ResumeError
+from .errors import ResumeError
 from .evaluation import (CI_LABEL, CI_METHOD, DECISION_RULE, evaluate_baseline,
                          evaluate_direction, summarize)
 from .paths import atomic_write_text
-from .rundir import RunDir, check_out_dir, environment, weights_hash
+from .rundir import RunDir, check_out_dir, data_id, direction_id, environment, weights_hash
+from .runargs import FAST, check_run_args, parse_run_args
 from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
 from .selection import SelectionConfig, dumps, select_direction
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
            "run_cli", "render_markdown", "induce_ranking", "check_run_args", "FAST"]
 
-#: Small counts for smoke tests (``--fast``).
-FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
 
 
 @dataclass
@@ -142,42 +140,6 @@ def heldout_instructions(exclude: Sequence[FitData], n: int = 100, side: str = "
     return pool[:n]
 
 
-def _count(name: str, value: Any, allow_none: bool = False, flag: str | None = None) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}"
-                         f"{f' ({flag})' if flag else ''}.")
-
-
-def check_run_args(seeds: Sequence[int], n_train: int, n_val: int, n_test: int | None,
-                   max_new_tokens: int, batch_size: int, gen_batch_size: int,
-                   n_screen: int | None, top_k: int | None,
-                   selection: SelectionConfig | None) -> None:
-    """Refuse any unusable run argument before any model work (nothing is replaced)."""
-    if isinstance(seeds, (str, int)) or not seeds:
-        raise InputError(f"seeds must be a non-empty list of ints, e.g. (0, 1); got {seeds!r}.")
-    if any(isinstance(x, bool) or not isinstance(x, int) for x in seeds):
-        raise InputError(f"seeds must be ints, got {list(seeds)}.")
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"seeds has repeats ({list(seeds)}); each seed must be distinct.")
-    for name, value, none_ok, flag in (
-            ("n_train", n_train, False, "--n-train"), ("n_val", n_val, False, "--n-val"),
-            ("n_test", n_test, True, "--n-test"),
-            ("max_new_tokens", max_new_tokens, False, "--max-new-tokens"),
-            ("batch_size", batch_size, False, "--batch-size"),
-            ("gen_batch_size", gen_batch_size, False, "--gen-batch-size"),
-            ("n_screen", n_screen, True, None), ("top_k", top_k, True, None)):
-        _count(name, value, none_ok, flag)
-    if selection is not None:
-        e = selection.sink_energy
-        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < 1.0:
-            raise InputError(f"sink_energy (--sink-energy) must be in [0, 1), got {e!r}; use 0 "
-                             "for the paper's exact vectors.")
-        for name in ("n_screen", "top_k", "n_random", "min_kept", "batch_size", "group"):
-            _count(f"selection.{name}", getattr(selection, name))
-
-
 def run_pipeline(
     model: Any = "embedded",
     out_dir: str | Path = "runs/embedded",
@@ -235,7 +197,7 @@ def run_pipeline(
               "gen_batch_size": gen_batch_size, "selection": vars(cfg),
               "judge": getattr(judge, "name", type(judge).__name__),
               "orthogonalized": orthogonalized, "refusal_tokens": list(refusal_tokens or []),
-              "direction": None if given is None else _direction_id(given),
+              "direction": None if given is None else direction_id(given),
               "device": device, "dtype": str(dtype) if dtype is not None else None}
     run = RunDir(out, config, force=force, resume=resume)
     kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
@@ -244,7 +206,7 @@ def run_pipeline(
     if given is not None:
         notes += given.check_width(lm)
     data = data or default_data(lm, n_train, n_val, n_test)
-    inputs = {"weights_sha256": weights_hash(lm), "data": _data_id(data, seeds)}
+    inputs = {"weights_sha256": weights_hash(lm), "data": data_id(data, seeds)}
     if run.manifest.setdefault("inputs", inputs) != inputs:
         raise ResumeError(f"--resume: the model weights or prompts differ from those of the run "
                           f"in {out} ({run.manifest['inputs']} vs {inputs}); pass --force to "
@@ -361,20 +323,6 @@ def run_pipeline(
     atomic_write_text(out / "report.json", dumps(report))
     atomic_write_text(out / "report.md", render_markdown(report))
     return report
-
-
-def _direction_id(d: Direction) -> dict[str, Any]:
-    """What identifies a given direction in a run's configuration."""
-    vec = hashlib.sha256(d.vector.double().numpy().tobytes()).hexdigest()
-    return {"layer": d.layer, "position": d.position, "model": d.model, "vector_sha256": vec}
-
-
-def _data_id(data: ExperimentData, seeds: Sequence[int]) -> dict[str, Any]:
-    """Hashes of the test prompts and of each seed's train/val prompts."""
-    test = hashlib.sha256(json.dumps([data.harmful_test, data.harmless_test,
-                                      data.harmless_reference]).encode()).hexdigest()
-    return {"name": data.name, "test_sha256": test,
-            "fit_sha256": {str(s): data.fit(s).hash() for s in seeds}}
 
 
 def _brief(sel) -> dict[str, Any]:
@@ -516,74 +464,10 @@ def _why(target: str, r: dict[str, Any]) -> str:
     return ""
 
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens run``: the whole pipeline from the command line.
-
-    Every option and ``--out`` are checked before the model is loaded."""
-    p = argparse.ArgumentParser(
-        prog="refusal-lens run", description=__doc__.splitlines()[0],
-        epilog="Stages are saved under --out as they finish; after an interruption, rerun the "
-               "same command with --resume to continue from the last finished stage.")
-    p.add_argument("--model", default="embedded", metavar="SPEC",
-                   help="model spec: embedded (the refusal organism), embedded-base, synthetic, "
-                        "a local Hugging Face directory or a hub id (default: embedded)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory; must be new or empty unless --force or --resume "
-                        "(default: runs/<model>-<date>-<time>)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--force", action="store_true",
-                      help="empty --out (an earlier run's directory) first, then run")
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the interrupted run in --out from its last finished stage "
-                           "(the arguments must be the same as the first time)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="seeds: each draws its own train/val prompts and fits and selects its "
-                        "own direction; test prompts are the same for all (default: 0 1)")
-    p.add_argument("--n-train", type=int, default=None, metavar="N",
-                   help="training prompts per side for fitting (default: 128; --fast: 32)")
-    p.add_argument("--n-val", type=int, default=None, metavar="N",
-                   help="validation prompts per side for selection (default: 32; --fast: 8)")
-    p.add_argument("--n-test", type=int, default=None, metavar="N",
-                   help="held-out test prompts per side (default: 100; --fast: 16)")
-    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="greedy tokens generated per completion (default: 64; --fast: 24)")
-    p.add_argument("--sink-energy", type=float, default=None, metavar="E",
-                   help="project candidates off the first token's residual subspace holding "
-                        "this fraction of its energy, in [0, 1) (default: 0.95; 0 = the "
-                        "paper's exact vectors)")
-    p.add_argument("--direction", default=None, metavar="PATH",
-                   help="a direction saved with Direction.save() (.safetensors): skip fitting "
-                        "and selection and evaluate this one")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="prompts per forward pass when fitting and scoring (default: 32)")
-    p.add_argument("--gen-batch-size", type=int, default=None, metavar="N",
-                   help="prompts per generation batch (default: 64)")
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="torch device to load the model on, e.g. cpu or cuda (default: the "
-                        "loader's choice)")
-    p.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
-                   help="weight dtype (default: float32)")
-    p.add_argument("--fast", action="store_true",
-                   help="small counts (32 train, 8 val, 16 test prompts, 24 tokens, seed 0), "
-                        "for a smoke test; explicit options override them")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    a = p.parse_args(argv)
-    kw: dict[str, Any] = dict(FAST) if a.fast else {}
-    for name in ("seeds", "n_train", "n_val", "n_test", "max_new_tokens", "batch_size",
-                 "gen_batch_size", "direction", "device"):
-        value = getattr(a, name)
-        if value is not None:  # given values are used (or refused), never replaced
-            kw[name] = tuple(value) if name == "seeds" else value
-    if a.sink_energy is not None:
-        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy,
-                                          batch_size=kw.get("batch_size", 32))
-    if a.dtype is not None:
-        import torch
-
-        kw["dtype"] = getattr(torch, _DTYPES[a.dtype])
+    """``refusal-lens run``: the whole pipeline from the command line (options: see
+    :func:`refusal_lens.runargs.parse_run_args`; all checked before the model is loaded)."""
+    a, kw = parse_run_args(argv, __doc__.splitlines()[0])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
     report = run_pipeline(a.model, out, force=a.force, resume=a.resume, progress=not a.quiet,

@@ -20,7 +20,7 @@ import tempfile
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save
@@ -31,7 +31,8 @@ from .evaluation import Arm, BaselineEval
 from .paths import atomic_write_bytes, atomic_write_text
 from .selection import CandidateScore, SelectionResult
 
-__all__ = ["RunDir", "check_out_dir", "config_hash", "weights_hash", "environment"]
+__all__ = ["RunDir", "check_out_dir", "config_hash", "weights_hash", "environment",
+           "direction_id", "data_id"]
 
 MANIFEST = "manifest.json"
 STAGES = "stages"
@@ -207,3 +208,17 @@ class RunDir:
     def _write_manifest(self) -> None:
         atomic_write_text(self.out / MANIFEST, json.dumps(self.manifest, indent=2,
                                                           default=str) + "\n")
+
+
+def direction_id(d: Direction) -> dict[str, Any]:
+    """What identifies a given direction in a run's configuration."""
+    vec = hashlib.sha256(d.vector.double().numpy().tobytes()).hexdigest()
+    return {"layer": d.layer, "position": d.position, "model": d.model, "vector_sha256": vec}
+
+
+def data_id(data: Any, seeds: Sequence[int]) -> dict[str, Any]:
+    """Hashes of the test prompts and of each seed's train/val prompts."""
+    test = hashlib.sha256(json.dumps([data.harmful_test, data.harmless_test,
+                                      data.harmless_reference]).encode()).hexdigest()
+    return {"name": data.name, "test_sha256": test,
+            "fit_sha256": {str(s): data.fit(s).hash() for s in seeds}}
