@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -200,10 +200,15 @@ def evaluate_direction(
     model: "LensModel", direction: Direction, baseline: BaselineEval, seed: int = 0,
     judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 32,
     orthogonalized: bool = True, progress: bool = True, gen_batch_size: int | None = None,
+    saved: dict[str, dict[str, Any]] | None = None,
+    on_arm: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """All direction-dependent arms for one fitted direction (and its norm-matched random twin,
     drawn off the direction's sink basis if it has one). ``gen_batch_size`` (default
-    ``batch_size``) is the generation batch."""
+    ``batch_size``) is the generation batch.
+
+    Each finished arm (with its capability check and timings) is passed to ``on_arm`` as
+    ``(name, record)``; arms whose records are in ``saved`` are not run again (resuming)."""
     direction.check_width(model)
     judge = judge or SubstringJudge()
     rand = random_like(direction.vector, seed=10_000 + seed,
@@ -217,6 +222,7 @@ def evaluate_direction(
               progress=progress)
 
     seconds: dict[str, float] = {}
+    saved = saved or {}
 
     def capab(name: str, m: "LensModel", hooks) -> None:
         t = time.perf_counter()
@@ -225,14 +231,33 @@ def evaluate_direction(
         capability[name] = {"ce": out["ce"], "kl": out["kl"]}
         seconds[f"ce_{name}"] = time.perf_counter() - t
 
+    def step(name: str, run: Callable[[], Arm]) -> None:
+        """One arm: from ``saved``, else run (``run`` may add capability and timings)."""
+        if name in saved:
+            rec = saved[name]
+        else:
+            known_c, known_s = set(capability), set(seconds)
+            arm = run()
+            rec = {"arm": arm,
+                   "capability": {k: v for k, v in capability.items() if k not in known_c},
+                   "seconds": {k: v for k, v in seconds.items() if k not in known_s}}
+            if on_arm is not None:
+                on_arm(name, rec)
+        arms.append(rec["arm"])
+        capability.update(rec["capability"])
+        seconds.update(rec["seconds"])
+
     for name, vec in (("ablation", direction.vector), ("random_ablation", rand)):
-        hooks = ablation_hooks(model, vec)
-        arms.append(_arm(model, name, "harmful", harmful, hooks, **kw))
-        if name == "random_ablation" or not orthogonalized:  # else measured on the edited model
-            capab(name, model, hooks)
+        def ablate() -> Arm:
+            hooks = ablation_hooks(model, vec)
+            arm = _arm(model, name, "harmful", harmful, hooks, **kw)
+            if name == "random_ablation" or not orthogonalized:  # else on the edited model
+                capab(name, model, hooks)
+            return arm
+        step(name, ablate)
     for name, vec in (("addition", direction.vector), ("random_addition", rand)):
-        arms.append(_arm(model, name, "harmless", harmless,
-                         addition_hooks(model, vec, direction.layer), **kw))
+        step(name, lambda: _arm(model, name, "harmless", harmless,
+                                addition_hooks(model, vec, direction.layer), **kw))
     notes: list[str] = []
     if orthogonalized:
         try:
@@ -242,13 +267,15 @@ def evaluate_direction(
         else:
             for name, vec in (("orthogonalized", direction.vector),
                               ("random_orthogonalized", rand)):
-                t = time.perf_counter()
-                om = orthogonalize(model, vec)
-                seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
-                arms.append(_arm(om, name, "harmful", harmful, [], **kw))
-                if name == "orthogonalized":  # ablation's twin; random twin = random_ablation
-                    capab(name, om, [])
-                del om
+                def edited() -> Arm:
+                    t = time.perf_counter()
+                    om = orthogonalize(model, vec)
+                    seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
+                    arm = _arm(om, name, "harmful", harmful, [], **kw)
+                    if name == "orthogonalized":  # ablation's twin; random twin = random_ablation
+                        capab(name, om, [])
+                    return arm
+                step(name, edited)
     seconds |= {f"generate_{a.name}": a.seconds for a in arms}
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},

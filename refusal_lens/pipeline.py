@@ -261,11 +261,15 @@ def run_pipeline(
             d = given
             timing[f"select_seed{seed}_s"] = 0.0
         directions[seed] = d
+        arm_stage = f"evaluation-seed{seed}-{{}}".format  # each arm is saved as it finishes
         per_seed.append(stage(f"evaluation-seed{seed}", f"evaluate_seed{seed}_s",
-                              lambda: evaluate_direction(lm, d, base, seed, judge,
-                                                         max_new_tokens, batch_size,
-                                                         orthogonalized, progress,
-                                                         gen_batch_size)))
+                              lambda: evaluate_direction(
+                                  lm, d, base, seed, judge, max_new_tokens, batch_size,
+                                  orthogonalized, progress, gen_batch_size,
+                                  saved={n.rpartition("-")[2]: run.load(n) for n in
+                                         run.stages(arm_stage(""))},
+                                  on_arm=lambda name, rec: run.save(
+                                      arm_stage(name), rec, rec["arm"].seconds))))
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)
 

@@ -183,6 +183,10 @@ class RunDir:
     def done(self, name: str) -> bool:
         return name in self.manifest["stages"]
 
+    def stages(self, prefix: str) -> list[str]:
+        """Names of the finished stages that start with ``prefix``, in the order they finished."""
+        return [n for n in self.manifest["stages"] if n.startswith(prefix)]
+
     def seconds(self, name: str) -> float:
         return float(self.manifest["stages"][name]["seconds"])
 

@@ -148,24 +148,29 @@ def frozen_clock(monkeypatch):
 
 def test_interrupted_run_resumes_to_a_bit_identical_report(synthetic, tmp_path, frozen_clock,
                                                            monkeypatch):
-    from refusal_lens import pipeline
+    from refusal_lens import evaluation, pipeline
 
     whole = tmp_path / "whole"
     run_pipeline(synthetic, whole, **SMALL)
-    real = pipeline.evaluate_direction
+    real, calls = evaluation._arm, []
 
-    def crash_on_seed1(*args, **kw):
-        if args[3] == 1:
-            raise KeyboardInterrupt  # the user stops the run during seed 1's evaluation
-        return real(*args, **kw)
+    def arm_until_stopped(model, name, *args, **kw):
+        calls.append(name)
+        if calls.count("random_addition") == 2:
+            raise KeyboardInterrupt  # the user stops the run during seed 1's fourth arm
+        return real(model, name, *args, **kw)
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(pipeline, "evaluate_direction", crash_on_seed1)
+    monkeypatch.setattr(evaluation, "_arm", arm_until_stopped)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(synthetic, cut, **SMALL)
     manifest = json.loads((cut / "manifest.json").read_text())
-    assert list(manifest["stages"]) == ["refusal_tokens", "baseline", "selection-seed0",
-                                        "evaluation-seed0", "selection-seed1"]
+    arms = ["ablation", "random_ablation", "addition", "random_addition", "orthogonalized",
+            "random_orthogonalized"]
+    assert list(manifest["stages"]) == (
+        ["refusal_tokens", "baseline", "selection-seed0"]
+        + [f"evaluation-seed0-{a}" for a in arms] + ["evaluation-seed0", "selection-seed1"]
+        + [f"evaluation-seed1-{a}" for a in arms[:3]])
     assert not (cut / "report.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):  # a plain rerun is told what to do
         run_pipeline(synthetic, cut, **SMALL)
@@ -173,10 +178,13 @@ def test_interrupted_run_resumes_to_a_bit_identical_report(synthetic, tmp_path, 
     def no_rerun(*args, **kw):
         raise AssertionError("a finished stage was recomputed")
 
-    monkeypatch.setattr(pipeline, "evaluate_direction", real)
+    calls.clear()
+    monkeypatch.setattr(evaluation, "_arm", lambda m, name, *a, **k: calls.append(name) or real(
+        m, name, *a, **k))
     monkeypatch.setattr(pipeline, "evaluate_baseline", no_rerun)
     monkeypatch.setattr(pipeline, "select_direction", no_rerun)
     run_pipeline(synthetic, cut, resume=True, **SMALL)
+    assert calls == arms[3:]  # only the arms that had not finished
     for name in SAME_FILES:
         assert (cut / name).read_bytes() == (whole / name).read_bytes(), name
 
