@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,8 +107,9 @@ class Direction:
         self.vector = check_vector(self.vector)
         for key in ("layer", "position"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise InputTypeError(f"Direction {key} must be an int, got {value!r}.")
+            setattr(self, key, int(value))
 
     @property
     def d_model(self) -> int:
