@@ -138,7 +138,8 @@ def generate_from_prompts(
     through the bridge, unshared. ``use_cache=False`` runs the model's own ``generate``
     without a cache (the slow reference).
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 1):
         raise InputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}.")
     if isinstance(prompts, str):
         raise InputTypeError("prompts is a str; pass a list of prompts (wrap one as [text]).")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .directions import Direction
-from .errors import ResumeError
 from .evaluation import (CI_LABEL, CI_METHOD, DECISION_RULE, evaluate_baseline,
                          evaluate_direction, summarize)
 from .paths import atomic_write_text
@@ -206,12 +205,9 @@ def run_pipeline(
     if given is not None:
         notes += given.check_width(lm)
     data = data or default_data(lm, n_train, n_val, n_test)
-    inputs = {"weights_sha256": weights_hash(lm), "data": data_id(data, seeds)}
-    if run.manifest.setdefault("inputs", inputs) != inputs:
-        raise ResumeError(f"--resume: the model weights or prompts differ from those of the run "
-                          f"in {out} ({run.manifest['inputs']} vs {inputs}); pass --force to "
-                          "start over.")
-    run._write_manifest()
+    inputs = {"weights_sha256": weights_hash(lm), "data": data_id(data, seeds),
+              "environment": environment()}
+    run.check_inputs(inputs)
     timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     if lm.info.get("organism") is False:
         notes.append("the refusal organism adapter is not installed: 'embedded' ran on the base "

@@ -160,7 +160,10 @@ class RunDir:
         path = self.out / MANIFEST
         if force:
             for entry in self.out.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         if resume and path.is_file():
             self.manifest = json.loads(path.read_text())
             if self.manifest.get("config_hash") != self.hash:
@@ -182,6 +185,18 @@ class RunDir:
 
     def done(self, name: str) -> bool:
         return name in self.manifest["stages"]
+
+    def check_inputs(self, inputs: dict[str, Any]) -> None:
+        """Record what the run computes on (weights and prompt hashes, package versions), or,
+        when resuming, refuse if it differs from what the finished stages were computed on."""
+        inputs = json.loads(json.dumps(inputs, default=str))
+        old = self.manifest.setdefault("inputs", inputs)
+        if old != inputs:
+            diff = sorted(k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k))
+            raise ResumeError(f"--resume: the run in {self.out} was computed with other {diff} "
+                              f"(before: {[old.get(k) for k in diff]}); pass --force to start "
+                              "over.")
+        self._write_manifest()
 
     def stages(self, prefix: str) -> list[str]:
         """Names of the finished stages that start with ``prefix``, in the order they finished."""

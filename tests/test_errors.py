@@ -1,4 +1,4 @@
-"""The exception hierarchy: every error is a ValueError or TypeError, and the CLI prints one line."""
+"""The exception hierarchy: each error is a ValueError or TypeError; the CLI prints one line."""
 
 from __future__ import annotations
 

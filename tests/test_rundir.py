@@ -40,3 +40,12 @@ def test_resume_needs_the_same_configuration(tmp_path):
     RunDir(tmp_path / "run", {"a": 1, "b": (1, 2)}, resume=True)  # tuples read back as lists
     with pytest.raises(ResumeError, match=r"differs in \['b'\]"):
         RunDir(tmp_path / "run", {"a": 1, "b": [2]}, resume=True)
+
+
+def test_resume_needs_the_same_weights_prompts_and_versions(tmp_path):
+    run = RunDir(check_out_dir(tmp_path / "run"), {"a": 1})
+    run.check_inputs({"weights_sha256": "abc", "environment": {"torch": "2.13.0"}})
+    again = RunDir(tmp_path / "run", {"a": 1}, resume=True)
+    again.check_inputs({"weights_sha256": "abc", "environment": {"torch": "2.13.0"}})
+    with pytest.raises(ResumeError, match=r"other \['weights_sha256'\].*--force"):
+        again.check_inputs({"weights_sha256": "def", "environment": {"torch": "2.13.0"}})
