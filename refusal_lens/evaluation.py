@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .console import step
 from .directions import Direction, random_like
+from .errors import InputError
 from .generation import generate
 from .interventions import ablation_hooks, addition_hooks
 from .scoring import Judge, SubstringJudge, completion_cross_entropy
@@ -39,7 +40,8 @@ from .scoring import Judge, SubstringJudge, completion_cross_entropy
 if TYPE_CHECKING:
     from .model import LensModel
 
-__all__ = ["DECISION_RULE", "TARGETS", "VERDICTS", "Arm", "bootstrap_ci", "rate_summary",
+__all__ = ["DECISION_RULE", "TARGETS", "VERDICTS", "CI_METHOD", "Arm", "bootstrap_ci",
+           "cluster_bootstrap_ci", "rate_summary",
            "decide", "evaluate_baseline", "evaluate_direction", "summarize", "addition_sweep"]
 
 #: The decision rule, fixed before running (see the module docstring).
@@ -50,6 +52,12 @@ TARGETS: dict[str, float] = {"ablation_max": 0.10, "random_ablation_min": 0.80,
                              "addition_min": 0.80, "random_addition_max": 0.20,
                              "orthogonalized_ce_rel_max": 0.05}
 VERDICTS = ("SUPPORTED", "NOT SUPPORTED", "NO-BASELINE-REFUSAL")
+#: How every interval in a report is computed (stated in report.md and report.json).
+CI_METHOD = ("95% percentile bootstrap over prompts (2000 resamples). Rates pooled over seeds "
+             "use a cluster bootstrap: each resample draws prompts, and a drawn prompt brings "
+             "its flags from every seed, since one prompt's flags under different seeds are "
+             "correlated; single-seed and baseline rates resample prompts directly.")
+CI_LABEL = "cluster-bootstrap CI over prompts"
 #: Tokens of each harmless reference answer scored by the cross-entropy check.
 CE_TOKENS = 64
 
@@ -83,6 +91,27 @@ def bootstrap_ci(flags: Sequence[bool | float], n_boot: int = 2000, alpha: float
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def cluster_bootstrap_ci(flags: Sequence[Sequence[bool | float]], n_boot: int = 2000,
+                         alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of a ``(seeds, prompts)`` table of flags that
+    resamples prompts (columns), each prompt's flags from every seed together.
+
+    Flags of the same prompt under different seeds are correlated, so resampling them as
+    independent draws (:func:`bootstrap_ci` on the flattened table) understates the spread.
+    With one row this draws exactly what :func:`bootstrap_ci` draws (same ``seed``).
+    """
+    x = np.asarray(flags, dtype=np.float64)
+    if x.ndim != 2:
+        raise InputError(f"flags must be a (seeds, prompts) table, got shape {x.shape}.")
+    if x.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
+    means = x[:, idx].mean(0).mean(-1)  # per resample: mean over seeds, then over prompts
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
@@ -174,10 +203,15 @@ def evaluate_direction(
     model: "LensModel", direction: Direction, baseline: BaselineEval, seed: int = 0,
     judge: Judge | None = None, max_new_tokens: int = 64, batch_size: int = 32,
     orthogonalized: bool = True, progress: bool = True, gen_batch_size: int | None = None,
+    saved: dict[str, dict[str, Any]] | None = None,
+    on_arm: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """All direction-dependent arms for one fitted direction (and its norm-matched random twin,
     drawn off the direction's sink basis if it has one). ``gen_batch_size`` (default
-    ``batch_size``) is the generation batch."""
+    ``batch_size``) is the generation batch.
+
+    Each finished arm (with its capability check and timings) is passed to ``on_arm`` as
+    ``(name, record)``; arms whose records are in ``saved`` are not run again (resuming)."""
     direction.check_width(model)
     judge = judge or SubstringJudge()
     rand = random_like(direction.vector, seed=10_000 + seed,
@@ -191,6 +225,7 @@ def evaluate_direction(
               progress=progress)
 
     seconds: dict[str, float] = {}
+    saved = saved or {}
 
     def capab(name: str, m: "LensModel", hooks) -> None:
         t = time.perf_counter()
@@ -200,14 +235,33 @@ def evaluate_direction(
         capability[name] = {"ce": out["ce"], "kl": out["kl"]}
         seconds[f"ce_{name}"] = time.perf_counter() - t
 
+    def one_arm(name: str, run: Callable[[], Arm]) -> None:
+        """One arm: from ``saved``, else run (``run`` may add capability and timings)."""
+        if name in saved:
+            rec = saved[name]
+        else:
+            known_c, known_s = set(capability), set(seconds)
+            arm = run()
+            rec = {"arm": arm,
+                   "capability": {k: v for k, v in capability.items() if k not in known_c},
+                   "seconds": {k: v for k, v in seconds.items() if k not in known_s}}
+            if on_arm is not None:
+                on_arm(name, rec)
+        arms.append(rec["arm"])
+        capability.update(rec["capability"])
+        seconds.update(rec["seconds"])
+
     for name, vec in (("ablation", direction.vector), ("random_ablation", rand)):
-        hooks = ablation_hooks(model, vec)
-        arms.append(_arm(model, name, "harmful", harmful, hooks, **kw))
-        if name == "random_ablation" or not orthogonalized:  # else measured on the edited model
-            capab(name, model, hooks)
+        def ablate() -> Arm:
+            hooks = ablation_hooks(model, vec)
+            arm = _arm(model, name, "harmful", harmful, hooks, **kw)
+            if name == "random_ablation" or not orthogonalized:  # else on the edited model
+                capab(name, model, hooks)
+            return arm
+        one_arm(name, ablate)
     for name, vec in (("addition", direction.vector), ("random_addition", rand)):
-        arms.append(_arm(model, name, "harmless", harmless,
-                         addition_hooks(model, vec, direction.layer), **kw))
+        one_arm(name, lambda: _arm(model, name, "harmless", harmless,
+                                addition_hooks(model, vec, direction.layer), **kw))
     notes: list[str] = []
     if orthogonalized:
         try:
@@ -217,13 +271,15 @@ def evaluate_direction(
         else:
             for name, vec in (("orthogonalized", direction.vector),
                               ("random_orthogonalized", rand)):
-                t = time.perf_counter()
-                om = orthogonalize(model, vec)
-                seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
-                arms.append(_arm(om, name, "harmful", harmful, [], **kw))
-                if name == "orthogonalized":  # ablation's twin; random twin = random_ablation
-                    capab(name, om, [])
-                del om
+                def edited() -> Arm:
+                    t = time.perf_counter()
+                    om = orthogonalize(model, vec)
+                    seconds[f"orthogonalize_{name}"] = time.perf_counter() - t
+                    arm = _arm(om, name, "harmful", harmful, [], **kw)
+                    if name == "orthogonalized":  # ablation's twin; random twin = random_ablation
+                        capab(name, om, [])
+                    return arm
+                one_arm(name, edited)
     seconds |= {f"generate_{a.name}": a.seconds for a in arms}
     return {"seed": seed, "arms": arms, "capability": capability, "notes": notes,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
@@ -259,8 +315,16 @@ def addition_sweep(
 
 
 def _pooled(arms: Sequence[Arm], seed: int) -> dict[str, float]:
-    flags = [f for a in arms for f in a.flags]
-    return rate_summary(flags, seed)
+    """Rate over every seed's flags of one arm, with a cluster-bootstrap CI over prompts (every
+    seed's arm is run on the same test prompts)."""
+    if any(a.instructions != arms[0].instructions for a in arms):
+        raise InputError(f"Arm {arms[0].name!r} was run on different prompts in different seeds; "
+                         "pooled intervals need the same test prompts for every seed.")
+    table = [a.flags for a in arms]
+    lo, hi = cluster_bootstrap_ci(table, seed=seed)
+    n = sum(len(a.flags) for a in arms)
+    return {"rate": float(np.mean(table)) if n else math.nan, "ci_low": lo, "ci_high": hi,
+            "n": n, "n_prompts": len(arms[0].flags), "n_seeds": len(arms)}
 
 
 def summarize(baseline: BaselineEval, per_seed: Sequence[dict[str, Any]],
@@ -293,6 +357,7 @@ def summarize(baseline: BaselineEval, per_seed: Sequence[dict[str, Any]],
     capability = {n: {k: float(np.mean([r["capability"][n][k] for r in per_seed]))
                       for k in ("ce", "kl")} for n in cap_names}
     return {"rates": pooled, "capability": capability, "seeds": seeds, "verdict": verdict,
+            "ci_method": CI_METHOD,
             "pooled_decision": pooled_decision, "decision_rule": DECISION_RULE,
             "targets": check_targets(pooled, capability)}
 

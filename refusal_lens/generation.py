@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
+from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import Cache, DynamicCache
 
 from .activations import length_batches
 from .console import progress_bar
+from .errors import InputError, InputTypeError, NonFiniteError
 from .runner import prefix_cache, running, split_prefix, usable_prefix
 
 if TYPE_CHECKING:
@@ -38,6 +40,29 @@ def eos_ids(hf, tokenizer) -> list[int]:
         raise ValueError("The model has no end-of-sequence token; set "
                          "generation_config.eos_token_id.")
     return eos
+
+
+def _check_finite(logits: Tensor, step: int) -> None:
+    """Refuse NaN/inf logits: their argmax is arbitrary, and the empty or garbage text it
+    decodes to would be judged "not refused"."""
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(
+            f"Non-finite logits at generated token {step} (NaN/inf weights or activations, an "
+            "overflowing intervention, or float16 overflow): check the model's weights (a "
+            "corrupt cache: delete and rebuild it), use float32, and check the direction and "
+            "coefficient.")
+
+
+class _FiniteScores(LogitsProcessor):
+    """The same check inside the model's own ``generate`` (the uncached reference path)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        _check_finite(scores, self.step)
+        self.step += 1
+        return scores
 
 
 @torch.no_grad()
@@ -71,6 +96,7 @@ def greedy_decode(
     alive = torch.arange(n, device=input_ids.device)
     mask, last = attention_mask, pos[:, -1:]
     for step in range(max_new_tokens):
+        _check_finite(logits, step)
         token = logits.argmax(-1)
         out[alive, step] = token
         if step == max_new_tokens - 1:
@@ -112,14 +138,23 @@ def generate_from_prompts(
     through the bridge, unshared. ``use_cache=False`` runs the model's own ``generate``
     without a cache (the slow reference).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 1):
+        raise InputError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}.")
+    if isinstance(prompts, str):
+        raise InputTypeError("prompts is a str; pass a list of prompts (wrap one as [text]).")
     if not prompts:
         return []
     tok = model.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation appends on the right
     lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] + max_new_tokens > model.n_ctx:
+        raise InputError(
+            f"Prompt {longest} has {lengths[longest]} tokens; with max_new_tokens="
+            f"{max_new_tokens} it exceeds the model's context of {model.n_ctx}. Shorten the "
+            "prompt or lower max_new_tokens.")
     batches = length_batches(lengths, batch_size, max_batch_tokens or batch_size * 64)
     outputs: list[str] = [""] * len(prompts)
     eos = eos_ids(model.hf_model, tok)
@@ -143,7 +178,9 @@ def generate_from_prompts(
                     new = hf.generate(input_ids=ids, attention_mask=mask,
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       temperature=None, top_p=None, top_k=None,
-                                      use_cache=False, pad_token_id=pad)[:, ids.shape[1]:]
+                                      use_cache=False, pad_token_id=pad,
+                                      logits_processor=LogitsProcessorList([_FiniteScores()]),
+                                      )[:, ids.shape[1]:]
             ended = torch.isin(new, torch.as_tensor(eos, device=new.device))
             for i, row, end in zip(rows, new, ended):
                 stop = int(end.nonzero()[0]) + 1 if bool(end.any()) else len(row)

@@ -9,6 +9,7 @@ Weight orthogonalization lives in ``orthogonalize.py``.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
 
@@ -16,7 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .directions import Direction, DirectionError
+from .directions import Direction, check_vector, unit_vector
+from .errors import InputError, NonFiniteError
 from .runner import project, tag
 
 if TYPE_CHECKING:
@@ -30,18 +32,24 @@ ABLATION_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
 
 
 def _as_vector(direction: VectorLike, model: "LensModel") -> Tensor:
+    """The direction's raw vector, checked against ``model`` (see
+    :func:`refusal_lens.directions.check_vector`): 1-D, floating, finite, nonzero, right width."""
     if isinstance(direction, Direction):
         direction.check_width(model)
-        vec = direction.vector
-    else:
-        vec = torch.as_tensor(direction).reshape(-1)
-        if vec.shape[0] != model.d_model:
-            raise DirectionError(
-                f"Vector has width {vec.shape[0]} but the model has d_model {model.d_model}."
-            )
-    if not torch.isfinite(vec).all():
-        raise DirectionError("The direction contains NaN or inf.")
-    return vec.detach()
+    return check_vector(direction, model.d_model)
+
+
+def _check_layers(model: "LensModel", layers: Sequence[int]) -> list[int]:
+    out = []
+    for l in layers:
+        if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < model.n_layers:
+            raise InputError(f"Layer {l!r} is out of range: {model.name} has layers "
+                             f"0..{model.n_layers - 1} (negative indices are not accepted; use "
+                             f"{model.n_layers - 1} for the last layer).")
+        out.append(int(l))
+    if not out:
+        raise InputError("layers is empty: pass at least one layer, or None for all layers.")
+    return out
 
 
 def project_out(
@@ -64,23 +72,34 @@ def ablation_hooks(
     batch must then be ``k`` consecutive copies of the same prompts (used to score many
     candidates in one pass; see :func:`refusal_lens.runner.forward`'s ``groups``).
     """
-    vecs = (torch.stack([_as_vector(v, model) for v in direction])
-            if isinstance(direction, Tensor) and direction.dim() == 2
-            else _as_vector(direction, model))
-    norms = vecs.norm(dim=-1, keepdim=True)
-    if bool((norms == 0).any()):
-        raise DirectionError("Cannot ablate the zero vector.")
-    unit = (vecs / norms).to(model.device)
+    if isinstance(direction, Tensor) and direction.dim() == 2:
+        unit = torch.stack([unit_vector(_as_vector(v, model)) for v in direction])
+    else:
+        unit = unit_vector(_as_vector(direction, model))
+    unit = unit.to(model.device)
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         return project_out(x, unit)
 
     tag(hook_fn, "project", unit)
 
-    layers = range(model.n_layers) if layers is None else layers
+    layers = range(model.n_layers) if layers is None else _check_layers(model, layers)
+    if isinstance(points, str) or not points:
+        raise InputError(f"points must be a list of hook points such as {list(ABLATION_POINTS)}"
+                         f", got {points!r}.")
+    unknown = [p for p in points if not any(f"blocks.{l}.{p}" in model.bridge.hook_dict
+                                            for l in range(model.n_layers))
+               and p not in ABLATION_POINTS]
+    if unknown:
+        raise InputError(f"Unknown hook points {unknown}: use residual points such as "
+                         f"{list(ABLATION_POINTS)} (see model.bridge.hook_dict).")
     names = [f"blocks.{l}.{p}" for l in layers for p in points]
     # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent points.
-    return [(name, hook_fn) for name in names if name in model.bridge.hook_dict]
+    hooks = [(name, hook_fn) for name in names if name in model.bridge.hook_dict]
+    if not hooks:
+        raise InputError(f"None of the hook points {list(points)} exists in {model.name}; "
+                         f"use {list(ABLATION_POINTS)}.")
+    return hooks
 
 
 def addition_hooks(
@@ -93,11 +112,16 @@ def addition_hooks(
 
     ``r`` is the raw (unnormalised) vector; ``coeff=-1`` subtracts it.
     """
-    if not 0 <= layer < model.n_layers:
-        raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}.")
+    _check_layers(model, [layer])
+    if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not math.isfinite(coeff):
+        raise InputError(f"coeff must be a finite number, got {coeff!r}.")
     vec = _as_vector(vector, model).to(model.device)
 
     delta = coeff * vec
+    if not torch.isfinite(delta.to(next(model.bridge.parameters()).dtype)).all():
+        raise NonFiniteError(f"coeff * vector overflows the model's dtype ({coeff} x norm "
+                             f"{float(vec.double().norm()):.3g}); use a smaller coefficient or "
+                             "rescale the vector.")
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         return x + delta.to(x.dtype)

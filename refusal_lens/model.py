@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
 import warnings
@@ -15,12 +16,24 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .chat import ChatFormat
+from .errors import InputError, PositionError
 
 EMBEDDED_SPECS = ("embedded", "embedded-base", "synthetic")
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InputError):
     """A model spec that cannot be resolved."""
+
+
+def check_positions(positions: Sequence[int], shortest: int) -> None:
+    """Refuse offsets that are not negative ints or reach before the shortest prompt's start
+    (``shortest`` tokens), which would read padding or wrap round to the prompt's end."""
+    bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, numbers.Integral)
+           or not -shortest <= p <= -1]
+    if bad:
+        raise PositionError(
+            f"Positions {bad} are outside the prompt: offsets count back from the prompt's end "
+            f"and must lie in -{shortest}..-1 (the shortest prompt here has {shortest} tokens).")
 
 
 @dataclass
@@ -42,7 +55,11 @@ class Batch:
         return (self.attention_mask * (idx + 1)).max(-1).values
 
     def gather(self, x: Tensor, positions: Sequence[int]) -> Tensor:
-        """``x[b, ends[b] + p]`` for each negative offset ``p``: shape (batch, len(positions), ...)."""
+        """``x[b, ends[b] + p]`` for each negative offset ``p``: shape (batch, len(positions), ...).
+
+        Every offset must land on a real token of every row (never on padding, never wrapping
+        round): ``-len(prompt) <= p <= -1``."""
+        check_positions(positions, int(self.attention_mask.sum(-1).min()))
         pos = torch.as_tensor(list(positions), device=x.device)
         rows = torch.arange(x.shape[0], device=x.device)[:, None]
         return x[rows, self.ends.to(x.device)[:, None] + pos[None, :]]
@@ -217,10 +234,16 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
 def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code, **kw
-    )
+    from .modelfiles import check_model_dir, load_error
+
+    check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code,
+            **kw)
+    except (OSError, ValueError, RuntimeError) as err:  # corrupt or incomplete files
+        raise load_error(path, err) from err
     return model, tok
 
 

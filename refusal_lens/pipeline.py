@@ -9,7 +9,6 @@ for fitting or selection.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .console import note, plan, run_summary, stage, step, tracked
 from .paths import atomic_write_text
+from .runargs import FAST, check_run_args, parse_run_args
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where used: `refusal-lens run --help` is fast
     from .directions import Direction
@@ -29,13 +29,11 @@ if TYPE_CHECKING:  # torch-heavy modules are imported where used: `refusal-lens 
     from .selection import SelectionConfig
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
-           "run_cli", "render_markdown", "induce_ranking", "FAST"]
+           "run_cli", "render_markdown", "induce_ranking", "check_run_args", "FAST"]
 
 #: Progress steps one seed's selection counts for, so that the time left is truer: on the
 #: embedded organism selection takes about as long as four evaluation arms (README run times).
 SELECT_STEPS = 4
-#: Small counts for smoke tests (``--fast``).
-FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
 
 
 @dataclass
@@ -147,14 +145,6 @@ def heldout_instructions(exclude: Sequence[FitData], n: int = 100, side: str = "
     return pool[:n]
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"Output directory {out_dir} exists and is not empty; pass "
-                              "force=True (--force) to overwrite its files, or choose another.")
-
-
 @tracked
 def run_pipeline(
     model: Any = "embedded",
@@ -166,6 +156,7 @@ def run_pipeline(
     max_new_tokens: int = 64,
     force: bool = False,
     *,
+    resume: bool = False,
     data: ExperimentData | None = None,
     direction: Direction | str | Path | None = None,
     refusal_tokens: Sequence[str] | None = None,
@@ -177,6 +168,8 @@ def run_pipeline(
     orthogonalized: bool = True,
     progress: bool = True,
     gen_batch_size: int = 64,
+    device: str | None = None,
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``model`` (a spec or a ``LensModel``) and write ``out_dir``.
 
@@ -184,86 +177,120 @@ def run_pipeline(
     ``scores.json`` / ``scores.csv`` (every candidate, every seed), ``completions.jsonl`` and
     the figures ``candidate_scores.html`` and ``refusal_rates.html``. Returns the report dict.
     ``direction`` (a ``Direction`` or saved path) skips fitting and selection.
+
+    Every argument and ``out_dir`` are checked before any model work. Each finished stage is
+    saved under ``out_dir`` as it completes (:mod:`refusal_lens.rundir`); ``resume`` continues
+    an interrupted run with the same configuration, ``force`` empties an earlier run's directory.
     """
     from .categories import category_rates
     from .directions import Direction
-    from .evaluation import (DECISION_RULE, evaluate_baseline, evaluate_direction,
-                             evaluation_steps, summarize)
+    from .evaluation import (CI_LABEL, CI_METHOD, DECISION_RULE, evaluate_baseline,
+                             evaluate_direction, evaluation_steps, summarize)
     from .model import load_model
     from .plots import candidate_scores_figure, refusal_rates_figure, save_figure
     from .report_html import write_report_html
+    from .rundir import RunDir, check_out_dir, data_id, direction_id, environment, weights_hash
     from .scoring import SubstringJudge, discover_refusal_tokens, refusal_token_ids
     from .selection import SelectionConfig, dumps, select_direction
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    _check_out_dir(out, force)
-    if not seeds:
-        raise ValueError("seeds is empty: pass at least one seed, e.g. (0, 1).")
-    lm = load_model(model) if isinstance(model, str) else model
+    check_run_args(seeds, n_train, n_val, n_test, max_new_tokens, batch_size, gen_batch_size,
+                   n_screen, top_k, selection)
+    seeds = tuple(seeds)
     given = None
-    if direction is not None:
+    if direction is not None:  # a file's errors before any model work
         given = direction if isinstance(direction, Direction) else Direction.load(direction)
-        given.check_width(lm)
-    data = data or default_data(lm, n_train, n_val, n_test)
-    judge = judge or SubstringJudge()
+    out = check_out_dir(out_dir, force, resume)
     cfg = replace(selection or SelectionConfig(batch_size=batch_size))
-    cfg.n_screen = n_screen or cfg.n_screen
-    cfg.top_k = top_k or cfg.top_k
-    out.mkdir(parents=True, exist_ok=True)
+    cfg.n_screen = cfg.n_screen if n_screen is None else n_screen
+    cfg.top_k = cfg.top_k if top_k is None else top_k
+    judge = judge or SubstringJudge()
+    config = {"model": model if isinstance(model, str) else getattr(model, "name", str(model)),
+              "seeds": list(seeds), "n_train": n_train, "n_val": n_val, "n_test": n_test,
+              "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+              "gen_batch_size": gen_batch_size, "selection": vars(cfg),
+              "judge": getattr(judge, "name", type(judge).__name__),
+              "orthogonalized": orthogonalized, "refusal_tokens": list(refusal_tokens or []),
+              "direction": None if given is None else direction_id(given),
+              "device": device, "dtype": str(dtype) if dtype is not None else None}
+    run = RunDir(out, config, force=force, resume=resume)
+    kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    lm = load_model(model, **kw) if isinstance(model, str) else model
     base_steps, seed_steps = evaluation_steps(orthogonalized)
     plan((not refusal_tokens) + base_steps
          + len(seeds) * (SELECT_STEPS * (given is None) + seed_steps),
          f"refusal-lens run ({lm.name})", enabled=progress)
-    timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     notes: list[str] = []
+    if given is not None:
+        notes += given.check_width(lm)
+    data = data or default_data(lm, n_train, n_val, n_test)
+    inputs = {"weights_sha256": weights_hash(lm), "data": data_id(data, seeds),
+              "environment": environment()}
+    run.check_inputs(inputs)
+    timing: dict[str, float] = {"load_s": time.perf_counter() - t0}
     if lm.info.get("organism") is False:
         notes.append("the refusal organism adapter is not installed: 'embedded' ran on the base "
                      "model, which does not refuse")
 
-    # Refusal tokens: learnt once from the first seed's harmful training prompts.
-    t = time.perf_counter()
-    fit0 = data.fit(seeds[0])
-    if refusal_tokens:
-        rt = {"ids": refusal_token_ids(lm.tokenizer, refusal_tokens), "source": "given"}
-        rt["tokens"] = lm.tokenizer.convert_ids_to_tokens(rt["ids"])
-    else:
-        with step("refusal tokens"):
-            rt = discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
-                                         batch_size=batch_size, progress=progress)
-        if rt["source"] == "fallback":
-            notes.append(f"the model refused none of {rt['n_prompts']} harmful training prompts; "
-                         f"refusal tokens fell back to {rt['tokens']}")
-    timing["refusal_tokens_s"] = time.perf_counter() - t
+    def saved(name: str, timing_key: str, compute: Callable[[], Any]) -> Any:
+        """A finished stage from ``run``, else computed now and saved at once."""
+        if run.done(name):
+            timing[timing_key] = run.seconds(name)
+            return run.load(name)
+        t = time.perf_counter()
+        value = compute()
+        timing[timing_key] = time.perf_counter() - t
+        run.save(name, value, timing[timing_key])
+        return value
 
-    t = time.perf_counter()
-    base = evaluate_baseline(lm, data.harmful_test, data.harmless_test, judge, max_new_tokens,
-                             batch_size, progress, harmless_reference=data.harmless_reference,
-                             gen_batch_size=gen_batch_size)
-    timing["baseline_s"] = time.perf_counter() - t
+    # Refusal tokens: learnt once from the first seed's harmful training prompts.
+    fit0 = data.fit(seeds[0])
+
+    def tokens() -> dict[str, Any]:
+        if refusal_tokens:
+            ids = refusal_token_ids(lm.tokenizer, refusal_tokens)
+            return {"ids": ids, "source": "given",
+                    "tokens": lm.tokenizer.convert_ids_to_tokens(ids)}
+        with step("refusal tokens"):
+            return discover_refusal_tokens(lm, fit0.harmful_train[:32], judge=judge,
+                                           batch_size=batch_size, progress=progress)
+
+    rt = saved("refusal_tokens", "refusal_tokens_s", tokens)
+    if rt["source"] == "fallback":
+        notes.append(f"the model refused none of {rt['n_prompts']} harmful training prompts; "
+                     f"refusal tokens fell back to {rt['tokens']}")
+    base = saved("baseline", "baseline_s", lambda: evaluate_baseline(
+        lm, data.harmful_test, data.harmless_test, judge, max_new_tokens, batch_size, progress,
+        harmless_reference=data.harmless_reference, gen_batch_size=gen_batch_size))
 
     selections, per_seed, directions = {}, [], {}
     for seed in seeds:
         fit = fit0 if seed == seeds[0] else data.fit(seed)
-        t = time.perf_counter()
         if given is None:
             cfg.seed = seed
-            with step(f"seed {seed} · selection", weight=SELECT_STEPS):
-                sel = select_direction(lm, fit.harmful_train, fit.harmless_train, fit.harmful_val,
-                                       fit.harmless_val, rt["ids"], cfg, dataset_hash=fit.hash(),
-                                       progress=progress)
+            def select() -> Any:
+                with step(f"seed {seed} · selection", weight=SELECT_STEPS):
+                    return select_direction(lm, fit.harmful_train, fit.harmless_train,
+                                            fit.harmful_val, fit.harmless_val, rt["ids"], cfg,
+                                            dataset_hash=fit.hash(), progress=progress)
+
+            sel = saved(f"selection-seed{seed}", f"select_seed{seed}_s", select)
             selections[seed], d = sel, sel.direction
             notes += [f"seed {seed}: {n}" for n in sel.notes]
         else:
             d = given
+            timing[f"select_seed{seed}_s"] = 0.0
         directions[seed] = d
-        timing[f"select_seed{seed}_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        arm_stage = f"evaluation-seed{seed}-{{}}".format  # each arm is saved as it finishes
         with stage(f"seed {seed}"):
-            per_seed.append(evaluate_direction(lm, d, base, seed, judge, max_new_tokens,
-                                               batch_size, orthogonalized, progress,
-                                               gen_batch_size))
-        timing[f"evaluate_seed{seed}_s"] = time.perf_counter() - t
+            per_seed.append(saved(f"evaluation-seed{seed}", f"evaluate_seed{seed}_s",
+                                  lambda: evaluate_direction(
+                                      lm, d, base, seed, judge, max_new_tokens, batch_size,
+                                      orthogonalized, progress, gen_batch_size,
+                                      saved={n.rpartition("-")[2]: run.load(n) for n in
+                                             run.stages(arm_stage(""))},
+                                      on_arm=lambda name, rec: run.save(
+                                          arm_stage(name), rec, rec["arm"].seconds))))
         notes += [f"seed {seed}: {n}" for n in per_seed[-1]["notes"]]
     summary = summarize(base, per_seed)
     note("writing files and figures")
@@ -292,13 +319,13 @@ def run_pipeline(
     atomic_write_text(out / "completions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     save_figure(refusal_rates_figure(summary["rates"], title=f"Refusal rates, {lm.name} "
-                                     f"(95% bootstrap CI, {len(seeds)} seed(s))"),
+                                     f"(95% {CI_LABEL}, {len(seeds)} seed(s))"),
                 out / "refusal_rates")
     timing["total_s"] = time.perf_counter() - t0
     report = {
         "model": lm.name, "model_info": {k: v for k, v in lm.info.items()
                                          if isinstance(v, (str, int, float, bool))},
-        "created": datetime.now().isoformat(timespec="seconds"),
+        "created": run.created,
         "data": {"name": data.name, "n_harmful_test": len(data.harmful_test),
                  "n_harmless_test": len(data.harmless_test), "n_train": n_train, "n_val": n_val,
                  "hashes": {str(s): selections[s].direction.dataset_hash
@@ -306,7 +333,9 @@ def run_pipeline(
         "config": {"seeds": list(seeds), "max_new_tokens": max_new_tokens,
                    "batch_size": batch_size, "gen_batch_size": gen_batch_size,
                    "selection": vars(cfg), "judge": getattr(judge, "name", type(judge).__name__),
-                   "decision_rule": DECISION_RULE, "direction_given": given is not None},
+                   "decision_rule": DECISION_RULE, "direction_given": given is not None,
+                   "hash": run.hash, "run": run.config},
+        "environment": environment(), "model_weights_sha256": inputs["weights_sha256"],
         "refusal_tokens": {k: rt[k] for k in ("ids", "tokens", "source") if k in rt},
         "selection": {str(s): _brief(r) for s, r in selections.items()},
         "directions": {str(s): {"layer": d.layer, "position": d.position, "norm": d.norm}
@@ -315,6 +344,7 @@ def run_pipeline(
         **{k: summary[k] for k in ("verdict", "rates", "capability", "seeds", "pooled_decision",
                                    "targets")},
         "category_rates": category_rates(records, data.harmful_test, data.harmful_categories),
+        "ci_method": summary.get("ci_method", CI_METHOD),
         "ce_text": base.ce_source,
         "notes": notes, "timing": timing,
     }
@@ -361,7 +391,7 @@ def _f(x: Any, digits: int = 3) -> str:
 def render_markdown(r: dict[str, Any]) -> str:
     """The human-readable summary: verdict, rates table, capability, selection, notes."""
     from .categories import category_markdown
-    from .evaluation import DECISION_RULE
+    from .evaluation import CI_LABEL, CI_METHOD, DECISION_RULE
 
     lines = [f"# Refusal direction: {r['model']}", "",
              f"**Verdict: {r['verdict']}**  ", f"Created {r['created']}; "
@@ -374,7 +404,8 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"{DECISION_RULE['min_drop_vs_random']} vs. the random direction; addition raises "
              "harmless refusal by the same margins; every seed must pass; baseline harmful "
              f"refusal < {DECISION_RULE['min_baseline_refusal']} gives NO-BASELINE-REFUSAL.", "",
-             *_sink_line(r), "## Refusal rates (pooled over seeds, 95% bootstrap CI)", "",
+             *_sink_line(r), f"## Refusal rates (pooled over seeds, 95% {CI_LABEL})", "",
+             f"Intervals: {r.get('ci_method', CI_METHOD)}", "",
              "| prompts | arm | refusal rate | 95% CI | n |", "|---|---|---|---|---|"]
     for key, v in r["rates"].items():
         split = ("harmless" if key.endswith("harmless") or "addition" in key else "harmful")
@@ -473,34 +504,13 @@ def _why(target: str, r: dict[str, Any]) -> str:
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens run``: the whole pipeline from the command line."""
-    p = argparse.ArgumentParser(prog="refusal-lens run", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="embedded", metavar="SPEC", help="model spec (default: "
-                   "embedded); see `refusal-lens info --help` for the choices")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<time>)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0 1)")
-    p.add_argument("--n-val", type=int, default=None, help="validation prompts per side (32)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens (64)")
-    p.add_argument("--sink-energy", type=float, default=None,
-                   help="project candidates off the first token's residual subspace holding "
-                        "this much energy (0.95; 0 = the paper's exact vectors)")
-    p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
-    a = p.parse_args(argv)
-    from .selection import SelectionConfig
-
-    kw: dict[str, Any] = dict(FAST) if a.fast else {}
-    if a.seeds:
-        kw["seeds"] = tuple(a.seeds)
-    if a.n_val:
-        kw["n_val"] = a.n_val
-    if a.max_new_tokens:
-        kw["max_new_tokens"] = a.max_new_tokens
-    if a.sink_energy is not None:
-        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy)
+    """``refusal-lens run``: the whole pipeline from the command line (options: see
+    :func:`refusal_lens.runargs.parse_run_args`; all checked before the model is loaded)."""
+    a, kw = parse_run_args(argv, __doc__.splitlines()[0])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
     t0 = time.time()
-    report = run_pipeline(a.model, out, force=a.force, **kw)
+    report = run_pipeline(a.model, out, force=a.force, resume=a.resume, progress=not a.quiet,
+                          **kw)
     print(run_summary(report, out, since=t0))
     return 0

@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .activations import length_batches
+from .errors import InputError, InputTypeError
 from .runner import forward
 
 if TYPE_CHECKING:
@@ -45,12 +46,17 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 def is_refusal(text: str) -> bool:
     """True if ``text`` contains any of :data:`REFUSAL_SUBSTRINGS` (curly apostrophes normalised)."""
+    if not isinstance(text, str):
+        raise InputTypeError(f"is_refusal takes a str, got {type(text).__name__}.")
     low = text.translate(_APOSTROPHES).lower()
     return any(s in low for s in _LOWERED)
 
 
 def refusal_rate(texts: Iterable[str]) -> float:
     """Fraction of ``texts`` judged refusals by :func:`is_refusal` (``nan`` for no texts)."""
+    if isinstance(texts, str):
+        raise InputTypeError("refusal_rate takes a list of texts, got one str (its characters "
+                             "would be judged one by one); wrap it as [text].")
     flags = [is_refusal(t) for t in texts]
     return sum(flags) / len(flags) if flags else float("nan")
 
@@ -195,8 +201,12 @@ def completion_cross_entropy(
     """
     from .console import progress_bar
 
+    for name, seq in (("instructions", instructions), ("completions", completions)):
+        if isinstance(seq, str) or not all(isinstance(x, str) for x in seq):
+            raise InputTypeError(f"{name} must be a list of str (wrap a single text as [text]), "
+                                 f"got {type(seq).__name__}.")
     if len(instructions) != len(completions) or not instructions:
-        raise ValueError("Pass equally long, non-empty lists of instructions and completions.")
+        raise InputError("Pass equally long, non-empty lists of instructions and completions.")
     tok = model.tokenizer
     prompts = model.format(list(instructions))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -207,6 +217,12 @@ def completion_cross_entropy(
         all_rows.append((p_ids, c_ids[:max_completion_tokens] if max_completion_tokens else c_ids))
     total, count = 0.0, 0
     lasts: list[Tensor | None] = [None] * len(all_rows)
+    too_long = [i for i, (p, c) in enumerate(all_rows) if len(p) + len(c) > model.n_ctx]
+    if too_long:
+        i = too_long[0]
+        raise InputError(f"Prompt + completion {i} has {sum(map(len, all_rows[i]))} tokens, more "
+                         f"than the model's context of {model.n_ctx}; pass "
+                         "max_completion_tokens or shorter texts.")
     groups = length_batches([len(p) + len(c) for p, c in all_rows], batch_size, 128 * batch_size)
     for group in progress_bar(groups, desc="cross-entropy", disable=not progress, leave=False):
         rows = [all_rows[i] for i in group]

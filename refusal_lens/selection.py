@@ -49,6 +49,7 @@ from .activations import ActivationError, iter_batches
 from .console import progress_bar
 from .directions import Direction, random_like
 from .interventions import ablation_hooks, addition_hooks
+from .model import check_positions
 from .runner import tag
 from .scoring import last_logits, last_position_kl, refusal_metric
 from .sinks import project_off_basis, sink_basis
@@ -187,6 +188,7 @@ def _acts_and_metric(
                               sort_by_length=True, max_tokens=64 * batch_size):
         if not bool(batch.attention_mask[:, -1].all()):
             raise ValueError("Activations are read at the last columns: pad batches on the left.")
+        check_positions(cols, int(batch.attention_mask.sum(-1).min()))
         # a shared prefix (the system turn) may run once, as long as each row keeps its
         # post-instruction positions for itself
         room = int(batch.attention_mask.sum(-1).min()) - max(-p for p in cols)

@@ -75,3 +75,20 @@ def test_components_sum_to_total_on_embedded(embedded):
     assert dfa.heads.shape == (5, 20, embedded.n_heads)
     assert dfa.error() < TOL, dfa.error()
     assert dfa.total.abs().max() > 1.0  # a non-trivial projection is being decomposed
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 3), st.integers(1, 4),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_dfa_components_sum_to_the_total_for_random_directions(synthetic, planted, seed, layer,
+                                                               n, dtype):
+    syn, _ = planted
+    vec = torch.randn(synthetic.d_model, generator=torch.Generator().manual_seed(seed),
+                      dtype=torch.float64).to(dtype)
+    dfa = direct_feature_attribution(synthetic, (syn.harmful + syn.harmless)[:n], vec, layer=layer)
+    assert dfa.components()[1].shape == (n, 2 + layer * (synthetic.n_heads + 2))
+    assert dfa.error() < 1e-6 * max(1.0, float(dfa.total.abs().max()))

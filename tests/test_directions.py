@@ -122,3 +122,45 @@ def test_mean_diff_candidates_empty_list(synthetic, which):
     harmful, harmless = (([], syn.harmless[:4]) if which == "harmful" else (syn.harmful[:4], []))
     with pytest.raises(DirectionError, match=f"No {which} prompts"):
         mean_diff_candidates(synthetic, harmful, harmless)
+
+
+# ---- direction files are self-describing: the safetensors header is the source of truth ----
+
+
+def test_missing_json_reads_the_header(tmp_path):
+    Direction(torch.ones(8), layer=2, position=-3, model="m", seed=5).save(tmp_path / "d")
+    (tmp_path / "d.json").unlink()
+    d = Direction.load(tmp_path / "d.safetensors")
+    assert (d.layer, d.position, d.model, d.seed) == (2, -3, "m", 5)
+
+
+def test_json_that_disagrees_with_the_header_is_an_error(tmp_path):
+    Direction(torch.ones(8), layer=2, position=-3, model="m").save(tmp_path / "d")
+    meta = json.loads((tmp_path / "d.json").read_text())
+    (tmp_path / "d.json").write_text(json.dumps(meta | {"model": "Qwen-72B-chat", "layer": 999}))
+    with pytest.raises(DirectionError, match=r"disagrees.*\['layer', 'model'\].*source of truth"):
+        Direction.load(tmp_path / "d")
+
+
+def test_truncated_or_headerless_file_is_a_clear_error(tmp_path):
+    st, _ = Direction(torch.ones(64), layer=2, position=-1).save(tmp_path / "d")
+    st.write_bytes(st.read_bytes()[:-40])
+    with pytest.raises(DirectionError, match="truncated.*save the direction again"):
+        Direction.load(st)
+    from safetensors.torch import save_file
+
+    save_file({"direction": torch.ones(4)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(DirectionError, match="no refusal_lens metadata"):
+        Direction.load(tmp_path / "bare.safetensors")
+
+
+def test_direction_from_another_model_warns_and_bad_layer_errors(synthetic):
+    from refusal_lens.errors import DirectionTransferWarning
+
+    d = Direction(torch.ones(synthetic.d_model), layer=1, position=-1, model="Qwen-1_8B-chat")
+    with pytest.warns(DirectionTransferWarning, match="fitted on 'Qwen-1_8B-chat'"):
+        notes = d.check_width(synthetic)
+    assert notes and "cross-model" in notes[0]
+    assert Direction(torch.ones(64), 1, -1, model="synthetic").check_width(synthetic) == []
+    with pytest.raises(DirectionError, match="layer 99 is outside"):
+        Direction(torch.ones(64), 99, -1, model="synthetic").check_width(synthetic)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 from refusal_lens.evaluation import DECISION_RULE, bootstrap_ci, check_targets, decide, rate_summary
@@ -89,3 +91,33 @@ def test_addition_sweep_finds_the_planted_layer(synthetic, planted):
     assert len(fig.data) == 2
     with pytest.raises(ValueError, match="at least one"):
         addition_sweep(synthetic, {}, harmless, progress=False)
+
+
+# ---- pooled intervals: a cluster bootstrap over prompts ----------------------------------
+
+
+def test_cluster_bootstrap_is_wider_on_correlated_seeds_and_equal_for_one_seed():
+    from refusal_lens.evaluation import bootstrap_ci, cluster_bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    flags = (rng.random(60) < 0.5).tolist()
+    # two seeds that agree on every prompt: 120 flags but only 60 independent prompts
+    naive = bootstrap_ci(flags + flags)
+    cluster = cluster_bootstrap_ci([flags, flags])
+    assert cluster[1] - cluster[0] > 1.25 * (naive[1] - naive[0])
+    assert cluster == bootstrap_ci(flags)  # identical seeds: the same as one seed's interval
+    assert cluster_bootstrap_ci([flags]) == bootstrap_ci(flags)  # one seed: exactly the naive
+
+
+def test_pooled_rates_use_the_cluster_bootstrap():
+    from refusal_lens.evaluation import Arm, _pooled, cluster_bootstrap_ci
+
+    prompts = [f"p{i}" for i in range(30)]
+    a = Arm("ablation", "harmful", prompts, [""] * 30, [i % 3 == 0 for i in range(30)])
+    b = Arm("ablation", "harmful", prompts, [""] * 30, [i % 2 == 0 for i in range(30)])
+    out = _pooled([a, b], 0)
+    assert (out["ci_low"], out["ci_high"]) == cluster_bootstrap_ci([a.flags, b.flags])
+    assert (out["n"], out["n_prompts"], out["n_seeds"]) == (60, 30, 2)
+    c = Arm("ablation", "harmful", prompts[::-1], [""] * 30, a.flags)
+    with pytest.raises(ValueError, match="different prompts"):
+        _pooled([a, c], 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refusal_lens.errors import InputError, NonFiniteError
 from refusal_lens.generation import eos_ids, generate, greedy_decode
 from refusal_lens.interventions import ablation_hooks, addition_hooks
 from refusal_lens.runner import running
@@ -85,3 +86,28 @@ def test_cached_greedy_equals_uncached_embedded(embedded, embedded_direction):
     for hooks in ([], ablation_hooks(m, embedded_direction)):
         cached = generate(m, prompts, hooks, **kw)
         assert cached == generate(m, prompts, hooks, use_cache=False, **kw)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_non_finite_logits_raise_instead_of_empty_text(syn, use_cache):
+    m, s, _ = syn
+    w = m.hf_model.model.norm.weight
+    keep = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w[0] = float("nan")  # a corrupt weight, as in a damaged model cache
+        with pytest.raises(NonFiniteError, match="Non-finite logits"):
+            generate(m, s.harmful[:2], max_new_tokens=3, use_cache=use_cache, progress=False)
+    finally:
+        with torch.no_grad():
+            w.copy_(keep)
+    assert generate(m, s.harmful[:1], max_new_tokens=3, progress=False)[0] != ""
+
+
+def test_context_length_and_token_count_are_checked(syn):
+    m, s, _ = syn
+    with pytest.raises(InputError, match="context of 512"):
+        generate(m, s.harmful[:1], max_new_tokens=600, progress=False)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(InputError, match="max_new_tokens"):
+            generate(m, s.harmful[:1], max_new_tokens=bad, progress=False)

@@ -7,6 +7,7 @@ import torch
 
 from refusal_lens.activations import resid_hook_name
 from refusal_lens.directions import Direction, DirectionError, random_like
+from refusal_lens.errors import InputError, InputTypeError, NonFiniteError
 from refusal_lens.interventions import (
     ablated,
     ablation_hooks,
@@ -149,3 +150,139 @@ def test_ablate_twice_and_add_subtract_embedded(embedded_setup):
     assert torch.equal(m.logits(batch, addition_hooks(m, d, 14, 0.0)), base)
     back = m.logits(batch, addition_hooks(m, d, 14, 1.0) + addition_hooks(m, d, 14, -1.0))
     assert _real_max(back, base, batch) < 1e-3
+
+
+# ---- bad input: clear errors, or the right result, never a silent no-op ------------------
+
+
+@pytest.mark.parametrize("layers", [[99], [-1], [], [1.0]])
+def test_ablation_layers_out_of_range_are_refused(syn, layers):
+    m, s, _, _ = syn
+    with pytest.raises(InputError, match="out of range|empty"):
+        ablation_hooks(m, s.direction, layers=layers)
+
+
+def test_unknown_hook_points_are_refused(syn):
+    m, s, _, _ = syn
+    with pytest.raises(InputError, match="Unknown hook points"):
+        ablation_hooks(m, s.direction, points=["hook_resid_typo"])
+    with pytest.raises(InputError, match="list of hook points"):
+        ablation_hooks(m, s.direction, points="hook_resid_pre")
+
+
+def test_direction_overflowing_float32_norm_still_ablates(syn):
+    m, s, _, batch = syn
+    big = (s.direction / s.direction.abs().max() * 1e19).float()  # entries ~1e19
+    assert not torch.isfinite(big.norm())  # the float32 norm overflows
+    ablated_big = m.logits(batch, ablation_hooks(m, big))
+    ablated = m.logits(batch, ablation_hooks(m, s.direction))
+    assert _real_max(ablated_big, ablated, batch) < 1e-4
+    assert _real_max(ablated_big, m.logits(batch), batch) > 1e-2  # not a no-op
+
+
+def test_addition_coefficient_and_overflow_are_checked(syn):
+    m, s, _, _ = syn
+    for coeff in (float("nan"), float("inf"), "1"):
+        with pytest.raises(InputError, match="coeff must be a finite number"):
+            addition_hooks(m, s.direction, 1, coeff=coeff)
+    with pytest.raises(NonFiniteError, match="overflows"):
+        addition_hooks(m, s.direction.float() * 1e19, 1, coeff=1e30)
+    with pytest.raises(InputError, match="out of range"):
+        addition_hooks(m, s.direction, -1)
+
+
+def test_vector_shape_and_dtype_are_checked(syn):
+    m, _, _, _ = syn
+    assert m.d_model == 64
+    square = torch.ones(8, 8)  # 64 entries: would fit if flattened
+    with pytest.raises(DirectionError, match=r"shape \(8, 8\)"):
+        addition_hooks(m, square, 1)
+    with pytest.raises(DirectionError, match=r"shape \(8, 8\)"):
+        Direction(square, layer=1, position=-1)
+    ints = torch.ones(64, dtype=torch.int32)
+    with pytest.raises(InputTypeError, match="int32.*floating"):
+        ablation_hooks(m, ints)
+    with pytest.raises(InputTypeError, match="int32"):
+        Direction(ints, layer=1, position=-1)
+    with pytest.raises(InputTypeError, match="layer must be an int"):
+        Direction(torch.ones(64), layer="3", position=-1)
+
+
+# ---- properties over random directions, shapes and dtypes (hypothesis) -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refusal_lens.directions import unit_vector  # noqa: E402
+
+DTYPES = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@st.composite
+def vectors_and_batches(draw):
+    """A random direction of any scale (1e-6 .. 1e19 entries) and a batch of any shape."""
+    d = draw(st.integers(1, 96))
+    lead = draw(st.lists(st.integers(1, 5), min_size=0, max_size=3))
+    dtype = draw(st.sampled_from(list(DTYPES)))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    scale = 10.0 ** draw(st.integers(-6, 19))
+    vec = torch.randn(d, generator=gen, dtype=torch.float64) * scale
+    x = torch.randn(*lead, d, generator=gen, dtype=torch.float64).to(dtype)
+    return vec.to(draw(st.sampled_from([torch.float32, torch.float64]))), x, dtype
+
+
+@settings(max_examples=200, deadline=None)
+@given(vectors_and_batches())
+def test_project_out_is_idempotent_and_leaves_nothing_along_the_direction(case):
+    vec, x, dtype = case
+    u = unit_vector(vec)
+    assert torch.isfinite(u).all() and abs(float(u.double().norm()) - 1) < 1e-6
+    once = project_out(x, u)
+    assert once.dtype == dtype and once.shape == x.shape
+    eps = max(DTYPES[dtype], DTYPES[vec.dtype])  # the coarser of the batch's and the unit's
+    tol = eps * max(1.0, float(x.double().abs().max())) * x.shape[-1] ** 0.5
+    along = (once.double() @ u.double()).abs()
+    assert float(along.max()) <= tol
+    assert float((project_out(once, u).double() - once.double()).abs().max()) <= 2 * tol
+
+
+#: A random direction for the synthetic model: (seed, log10 scale, dtype), built by _vector.
+model_directions = st.tuples(st.integers(0, 2**31), st.integers(-3, 19),
+                             st.sampled_from([torch.float32, torch.float64]))
+
+
+def _vector(case, d_model: int = 64) -> torch.Tensor:
+    seed, exp, dtype = case
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(d_model, generator=gen, dtype=torch.float64) * 10.0 ** exp).to(dtype)
+
+
+@settings(max_examples=15, deadline=None)
+@given(model_directions)
+def test_ablation_is_idempotent_on_the_model(syn, case):
+    m, _, _, batch = syn
+    vec = _vector(case)
+    seen = {}
+
+    def grab(x, hook):  # runs after the ablation hook at the same point
+        seen[last] = x.detach().double()
+        return x
+
+    last = f"blocks.{m.n_layers - 1}.hook_resid_post"
+    once = m.logits(batch, ablation_hooks(m, vec) + [(last, grab)])
+    twice = m.logits(batch, ablation_hooks(m, vec) + ablation_hooks(m, vec))
+    assert torch.isfinite(once).all()
+    assert _real_max(once, twice, batch) < 1e-4
+    resid = seen[last][batch.attention_mask.bool()]
+    along = resid @ unit_vector(vec).double()
+    assert float(along.abs().max()) < 1e-5 * float(resid.norm(dim=-1).max())
+
+
+@settings(max_examples=15, deadline=None)
+@given(model_directions, st.integers(0, 3), st.floats(-8, 8, allow_nan=False))
+def test_addition_then_subtraction_is_the_identity(syn, case, layer, coeff):
+    m, _, _, batch = syn
+    vec = _vector(case)
+    vec = vec / vec.double().norm().to(vec.dtype) * 5  # residual-sized: float32 rounding stays small
+    hooks = addition_hooks(m, vec, layer, coeff) + addition_hooks(m, vec, layer, -coeff)
+    assert _real_max(m.logits(batch, hooks), m.logits(batch), batch) < 1e-3

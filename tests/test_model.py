@@ -77,3 +77,68 @@ def test_synthetic_wrapper_surface(synthetic):
     assert synthetic.post_instruction_positions[-1] == -1
     assert "blocks.0.hook_resid_pre" in synthetic.bridge.hook_dict
     assert "synthetic" in repr(synthetic)
+
+
+# ---- positions: offsets back from each prompt's end, never onto padding ------------------
+
+
+def test_positions_outside_the_prompt_are_refused(synthetic):
+    from refusal_lens.errors import PositionError
+    from refusal_lens.model import Batch
+
+    # a left-padded batch: row 0 has 7 real tokens, row 1 has 12
+    mask = torch.tensor([[0] * 5 + [1] * 7, [1] * 12])
+    batch = Batch(torch.arange(24).reshape(2, 12), mask)
+    x = torch.arange(24).reshape(2, 12, 1)
+    assert batch.gather(x, [-7, -1])[:, :, 0].tolist() == [[5, 11], [17, 23]]
+    for bad in ([-9], [-8], [-1000], [0], [3]):
+        with pytest.raises(PositionError, match=r"-7\.\.-1"):
+            batch.gather(x, bad)
+    s = synthetic.info["synthetic"]
+    with pytest.raises(PositionError, match="outside the prompt"):
+        synthetic.resid_means(s.harmful[:2], layers=[1], positions=[-1000], progress=False)
+
+
+# ---- broken model directories: one clear error naming the file and the fix ---------------
+
+
+@pytest.fixture
+def model_copy(synthetic, tmp_path):
+    import shutil
+
+    path = tmp_path / "model"
+    shutil.copytree(synthetic.info["synthetic"].path, path)
+    return path
+
+
+def test_invalid_config_json_is_a_clear_error(model_copy):
+    from refusal_lens.errors import ModelLoadError
+
+    (model_copy / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(ModelLoadError, match=r"config.json is not valid JSON.*re-download"):
+        refusal_lens.load_model(str(model_copy))
+
+
+def test_config_without_model_type_names_the_missing_key(model_copy):
+    import json
+
+    from refusal_lens.errors import ModelLoadError
+
+    config = json.loads((model_copy / "config.json").read_text())
+    del config["model_type"]
+    (model_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="no \"model_type\"") as err:
+        refusal_lens.load_model(str(model_copy))
+    assert "sentencepiece" not in str(err.value) and "tiktoken" not in str(err.value)
+
+
+def test_truncated_weights_are_a_clear_error_with_a_cache_hint(model_copy, monkeypatch):
+    from refusal_lens.errors import ModelLoadError
+
+    weights = model_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ModelLoadError, match=r"model.safetensors is truncated.*re-download"):
+        refusal_lens.load_model(str(model_copy))
+    monkeypatch.setenv("REFUSAL_LENS_CACHE", str(model_copy.parent))  # as if it were cached
+    with pytest.raises(ModelLoadError, match=r"in the refusal_lens cache: delete .*model"):
+        refusal_lens.load_model(str(model_copy))

@@ -196,3 +196,24 @@ def test_orthogonalized_equals_hook_ablation_embedded(emb, kind, tmp_path):
         reloaded = AutoModelForCausalLM.from_pretrained(out)
         assert _real_max(_plain_logits(reloaded, batch), orth.logits(batch), batch) < 1e-5
 
+
+
+def test_zero_or_overflowing_direction_is_refused_not_nan(synthetic):
+    with pytest.raises(DirectionError, match="zero vector"):
+        orthogonalize(synthetic, torch.zeros(synthetic.d_model))
+    with pytest.raises(DirectionError, match="NaN or inf"):
+        orthogonalize(synthetic, torch.full((synthetic.d_model,), float("inf")))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31), st.integers(-3, 19), st.sampled_from([torch.float32, torch.float64]))
+def test_orthogonalized_weights_equal_hook_ablation_for_random_directions(syn, seed, exp, dtype):
+    m, _, batch = syn
+    vec = (torch.randn(m.d_model, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64) * 10.0 ** exp).to(dtype)
+    diff, _ = _check_equivalence(m, vec, batch)
+    assert diff < 1e-4

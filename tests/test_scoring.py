@@ -9,7 +9,7 @@ import torch
 
 from refusal_lens.scoring import (SubstringJudge, completion_cross_entropy,
                                   discover_refusal_tokens, last_position_kl, refusal_metric,
-                                  refusal_token_ids)
+                                  refusal_rate, refusal_token_ids)
 
 
 def _naive(logits, ids):
@@ -107,3 +107,25 @@ def test_completion_cross_entropy_matches_unbatched(synthetic):
     assert got["n_tokens"] == n
     assert got["ce"] == pytest.approx(nll / n, abs=1e-4)
     torch.testing.assert_close(got["last_logits"], torch.stack(lasts), atol=1e-4, rtol=1e-4)
+
+
+def test_strings_where_lists_are_expected_are_refused(synthetic):
+    from refusal_lens.errors import InputTypeError
+
+    assert refusal_rate(["I cannot"]) == 1.0
+    with pytest.raises(InputTypeError, match=r"wrap it as \[text\]"):
+        refusal_rate("I cannot")
+    with pytest.raises(InputTypeError, match="list of str"):
+        completion_cross_entropy(synthetic, "Say hi", "hi")
+    with pytest.raises(InputTypeError, match="list of str"):
+        completion_cross_entropy(synthetic, ["Say hi"], [None])
+
+
+def test_cross_entropy_checks_the_context_length(synthetic):
+    from refusal_lens.errors import InputError
+
+    long = " ".join(["word"] * 600)
+    with pytest.raises(InputError, match="context of 512.*max_completion_tokens"):
+        completion_cross_entropy(synthetic, ["Say hi"], [long])
+    assert math.isfinite(completion_cross_entropy(synthetic, ["Say hi"], [long],
+                                                  max_completion_tokens=16)["ce"])
