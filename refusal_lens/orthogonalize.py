@@ -64,16 +64,20 @@ def _plain_copy(model: LensModel) -> nn.Module:
                                       requires_grad=in_emb.weight.requires_grad)
     for cfg in {id(c): c for c in (clean.config, clean.config.get_text_config())}.values():
         cfg.tie_word_embeddings = False
-    # Drop parameters the bridge added (e.g. an all-zero unembedding bias) that the
+    # Drop parameters and buffers the bridge added (e.g. an all-zero unembedding bias) that the
     # architecture does not have, so save_pretrained / from_pretrained round-trip exactly.
     with torch.device("meta"):
         expected = set(type(clean)(copy.deepcopy(clean.config)).state_dict())
-    for name, param in list(clean.named_parameters()):
+    for name, tensor in list(clean.state_dict(keep_vars=True).items()):
         if name in expected:
             continue
         owner_name, _, leaf = name.rpartition(".")
-        if bool((param == 0).all()):
-            clean.get_submodule(owner_name).register_parameter(leaf, None)
+        owner = clean.get_submodule(owner_name)
+        if bool((tensor == 0).all()):
+            if leaf in owner._parameters:
+                owner.register_parameter(leaf, None)
+            else:
+                owner.register_buffer(leaf, None)
         else:
             raise NotImplementedError(
                 f"{name} is not a parameter of {type(clean).__name__} but holds nonzero values; "

@@ -146,8 +146,9 @@ def test_other_architectures(model_type, syn, tmp_path):
     assert diff < 1e-5, diff
     assert _real_max(orth.logits(batch), m.logits(batch), batch) > 1e-3
     out = export_hf(orth, tmp_path / "out")
-    assert _real_max(_plain_logits(AutoModelForCausalLM.from_pretrained(out), batch),
-                     orth.logits(batch), batch) < 1e-5
+    reloaded, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["unexpected_keys"] and not loading["missing_keys"], loading
+    assert _real_max(_plain_logits(reloaded, batch), orth.logits(batch), batch) < 1e-5
 
 
 def test_post_norm_architecture_is_refused(syn, tmp_path):
@@ -164,7 +165,8 @@ def test_export_round_trip(syn, syn_orth, tmp_path):
     _, _, batch = syn
     out = export_hf(syn_orth, tmp_path / "orth")
     assert (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    reloaded, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["unexpected_keys"] and not loading["missing_keys"], loading
     assert reloaded.config.tie_word_embeddings is False
     assert _real_max(_plain_logits(reloaded, batch), syn_orth.logits(batch), batch) < 1e-5
     meta = json.loads((out / EXPORT_META).read_text())
