@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .directions import Direction, DirectionError
+from .placement import execution_device
 from .runner import project, tag
 
 if TYPE_CHECKING:
@@ -70,17 +71,44 @@ def ablation_hooks(
     norms = vecs.norm(dim=-1, keepdim=True)
     if bool((norms == 0).any()):
         raise DirectionError("Cannot ablate the zero vector.")
-    unit = (vecs / norms).to(model.device)
-
-    def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return project_out(x, unit)
-
-    tag(hook_fn, "project", unit)
-
+    unit = vecs / norms
     layers = range(model.n_layers) if layers is None else layers
-    names = [f"blocks.{l}.{p}" for l in layers for p in points]
-    # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent points.
-    return [(name, hook_fn) for name in names if name in model.bridge.hook_dict]
+    hooks: HookList = []
+    copies: dict[torch.device, Tensor] = {}
+    for l in layers:
+        u = on_layer(model, unit, l, copies)
+
+        def hook_fn(x: Tensor, hook=None, u=u) -> Tensor:
+            return project_out(x, u)
+
+        tag(hook_fn, "project", u)
+        # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent
+        # points.
+        hooks += [(name, hook_fn) for name in (f"blocks.{l}.{p}" for p in points)
+                  if name in model.bridge.hook_dict]
+    return hooks
+
+
+def on_layer(model: "LensModel", vector: Tensor, layer: int,
+             copies: dict[torch.device, Tensor]) -> Tensor:
+    """``vector`` on the device decoder layer ``layer`` computes on, in the model's dtype.
+
+    One copy per device (kept in ``copies``), made when the hooks are built and shared by the
+    layers on that device, so a hook never copies its vector while the model runs, also when
+    accelerate has spread the layers over several devices.
+    """
+    dev = layer_device(model, layer)
+    if dev not in copies:
+        copies[dev] = vector.detach().to(device=dev, dtype=model.dtype)
+    return copies[dev]
+
+
+def layer_device(model: "LensModel", layer: int) -> torch.device:
+    """The device decoder layer ``layer`` computes on (see
+    :func:`refusal_lens.placement.execution_device`)."""
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}.")
+    return execution_device(model.bridge.blocks[layer])
 
 
 def addition_hooks(
@@ -95,12 +123,10 @@ def addition_hooks(
     """
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}.")
-    vec = _as_vector(vector, model).to(model.device)
-
-    delta = coeff * vec
+    delta = on_layer(model, coeff * _as_vector(vector, model), layer, {})
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return x + delta.to(x.dtype)
+        return x + delta
 
     tag(hook_fn, "add", delta)
 
