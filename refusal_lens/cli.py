@@ -37,11 +37,17 @@ def info_cli(argv: Sequence[str] | None = None) -> int:
     """``refusal-lens info [--model SPEC]``: load a model and print what it is."""
     parser = argparse.ArgumentParser(prog="refusal-lens info", description=info_cli.__doc__)
     parser.add_argument("--model", default="embedded", help="model spec (default: embedded)")
-    parser.add_argument("--device", default=None)
+    from .placement import PlacementError, add_placement_args, placement_kwargs
+
+    add_placement_args(parser)
     args = parser.parse_args(argv)
+    try:
+        placement = placement_kwargs(args)
+    except PlacementError as err:
+        parser.error(str(err))
     from .model import load_model
 
-    print(load_model(args.model, device=args.device).summary())
+    print(load_model(args.model, **placement).summary())
     return 0
 
 

@@ -28,7 +28,8 @@ from torch import nn
 from .directions import Direction, DirectionError
 from .interventions import VectorLike, _as_vector
 from .model import LensModel, wrap_hf
-from .placement import cpu_state_dict, is_dispatched
+from .placement import (PlacementError, add_placement_args, cpu_state_dict, is_dispatched,
+                        placement_kwargs)
 from .runner import bridges_removed, unwrap
 
 __all__ = ["orthogonalize", "export_hf", "export_cli", "residual_writers", "EXPORT_META"]
@@ -290,7 +291,12 @@ def export_cli(argv: list[str] | None = None) -> int:
                         help="a direction saved with Direction.save() (.safetensors)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    add_placement_args(parser)
     args = parser.parse_args(argv)
+    try:
+        placement = placement_kwargs(args)
+    except PlacementError as err:
+        parser.error(str(err))
     from .model import ModelSpecError, load_model
 
     out = Path(args.out)
@@ -298,7 +304,7 @@ def export_cli(argv: list[str] | None = None) -> int:
         print(f"error: {out} already exists; pass --force to replace it.", file=sys.stderr)
         return 1
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, **placement)
         direction = Direction.load(args.direction, model=model)
         path = export_hf(orthogonalize(model, direction), out, force=args.force)
     except (DirectionError, ModelSpecError, FileNotFoundError, FileExistsError,

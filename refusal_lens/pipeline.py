@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 from .directions import Direction
 from .evaluation import DECISION_RULE, evaluate_baseline, evaluate_direction, summarize
 from .paths import atomic_write_text
+from .placement import PlacementError, add_placement_args, placement_kwargs
 from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
 from .selection import SelectionConfig, dumps, select_direction
 
@@ -168,13 +169,15 @@ def run_pipeline(
     orthogonalized: bool = True,
     progress: bool = True,
     gen_batch_size: int = 64,
+    placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``model`` (a spec or a ``LensModel``) and write ``out_dir``.
 
     Writes ``report.json``, ``report.md``, ``direction.safetensors`` / ``.json`` (first seed),
     ``scores.json`` / ``scores.csv`` (every candidate, every seed), ``completions.jsonl`` and
     the figures ``candidate_scores.html`` and ``refusal_rates.html``. Returns the report dict.
-    ``direction`` (a ``Direction`` or saved path) skips fitting and selection.
+    ``direction`` (a ``Direction`` or saved path) skips fitting and selection. ``placement``:
+    ``load_model`` keyword arguments for a spec (device, dtype, device_map, ...).
     """
     from .model import load_model
     from .plots import candidate_scores_figure, refusal_rates_figure, save_figure
@@ -184,7 +187,7 @@ def run_pipeline(
     _check_out_dir(out, force)
     if not seeds:
         raise ValueError("seeds is empty: pass at least one seed, e.g. (0, 1).")
-    lm = load_model(model) if isinstance(model, str) else model
+    lm = load_model(model, **(placement or {})) if isinstance(model, str) else model
     given = None
     if direction is not None:
         given = direction if isinstance(direction, Direction) else Direction.load(direction)
@@ -447,8 +450,13 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
                    help="project candidates off the first token's residual subspace holding "
                         "this much energy (0.95; 0 = the paper's exact vectors)")
     p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
+    add_placement_args(p)
     a = p.parse_args(argv)
-    kw: dict[str, Any] = dict(FAST) if a.fast else {}
+    try:
+        kw: dict[str, Any] = {"placement": placement_kwargs(a)}
+    except PlacementError as err:
+        p.error(str(err))
+    kw.update(FAST if a.fast else {})
     if a.seeds:
         kw["seeds"] = tuple(a.seeds)
     if a.n_val:

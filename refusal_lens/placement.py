@@ -132,7 +132,8 @@ def _size(value: Any, key: Any) -> int:
         raise PlacementError(f"max_memory[{key!r}] = {value!r} is not a size; write bytes or "
                              "a string such as '20GiB' or '500MB'.")
     if n <= 0:
-        raise PlacementError(f"max_memory[{key!r}] must be positive, got {value!r}.")
+        raise PlacementError(f"max_memory[{key!r}] must be positive, got {value!r}; write e.g. "
+                             "'20GiB'.")
     return n
 
 
@@ -221,7 +222,7 @@ def check_placement(
                 "bridge refuses; put every module on GPUs, or every module on 'cpu'/'disk'.")
     else:
         raise PlacementError(f"device_map must be a strategy name or a non-empty dict, got "
-                             f"{device_map!r}.")
+                             f"{device_map!r}; use 'auto' or e.g. {{'model.layers.0': 0, ...}}.")
     memory = None
     if max_memory is not None:
         if isinstance(max_memory, str):
@@ -302,3 +303,55 @@ def cpu_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
     # Weights already on the CPU come back as the model's own tensors: copy those, so editing
     # the result never edits the model.
     return {k: v.clone() if v.data_ptr() in live else v for k, v in state.items()}
+
+
+# ---- command line -------------------------------------------------------------------------
+def add_placement_args(parser: Any) -> None:
+    """``--device``, ``--dtype``, ``--device-map``, ``--max-memory``, ``--offload-folder``."""
+    g = parser.add_argument_group(
+        "placement", "where the model runs (checked before anything loads); --device, or "
+                     "--device-map for a model larger than one device")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="run on this one device: cpu, cuda, cuda:N or mps (default: cuda:0 if "
+                        "there is a GPU, else cpu); a device this machine lacks is an error")
+    g.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="weight and activation dtype (default: float32)")
+    g.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread the model with accelerate instead of --device: a strategy ("
+                        f"{', '.join(DEVICE_MAP_STRATEGIES)}; 'auto' fills GPUs in order, then "
+                        "cpu, then disk), or a JSON object / .json file mapping module names to "
+                        "GPU indices, 'cpu' or 'disk', e.g. "
+                        "'{\"model.embed_tokens\": 0, \"model.layers.0\": 1, ...}'")
+    g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map: memory cap per device, e.g. "
+                        "'0=20GiB,1=20GiB,cpu=64GiB' (what does not fit goes to the next "
+                        "device, finally to --offload-folder on disk)")
+    g.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="with --device-map: directory for disk-offloaded weights that must be "
+                        "re-saved (weights of a safetensors checkpoint are read in place, so it "
+                        "is often not needed)")
+
+
+def placement_kwargs(args: Any) -> dict[str, Any]:
+    """``load_model`` keyword arguments from parsed :func:`add_placement_args` options, checked
+    (a :class:`PlacementError` names the bad option)."""
+    device_map: Any = args.device_map
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        import json
+
+        text = device_map
+        if not text.lstrip().startswith("{"):
+            path = Path(text).expanduser()
+            if not path.is_file():
+                raise PlacementError(f"--device-map {text!r} is neither a strategy ("
+                                     f"{', '.join(DEVICE_MAP_STRATEGIES)}), a JSON object nor a "
+                                     ".json file.")
+            text = path.read_text()
+        try:
+            device_map = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PlacementError(f"--device-map is not valid JSON ({err}).") from None
+    kw = dict(device=args.device, dtype=args.dtype, device_map=device_map,
+              max_memory=args.max_memory, offload_folder=args.offload_folder)
+    check_placement(**kw)
+    return kw
