@@ -315,7 +315,7 @@ def load_model(
     else:
         return _load_hub(spec, place, chat_template, system, trust_remote_code)
     model, tok = _load_hf_dir(path, place.dtype, trust, **place.from_pretrained_kwargs())
-    info["placement"] = place.describe()
+    info["placement"] = place.describe(model)
     return wrap_hf(model, tok, name, source=path, chat_template=chat_template, system=system,
                    device=place.device, dtype=place.dtype, info=info)
 
@@ -339,4 +339,4 @@ def _load_hub(spec, place, chat_template, system, trust_remote_code):
     print(f"[refusal_lens] loaded {spec} from the hub", file=sys.stderr)
     return wrap_hf(model, tok, spec.split("/")[-1], source=spec, chat_template=chat_template,
                    system=system, device=place.device, dtype=place.dtype,
-                   info={"spec": spec, "placement": place.describe()})
+                   info={"spec": spec, "placement": place.describe(model)})

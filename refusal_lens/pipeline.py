@@ -276,6 +276,7 @@ def run_pipeline(
     report = {
         "model": lm.name, "model_info": {k: v for k, v in lm.info.items()
                                          if isinstance(v, (str, int, float, bool))},
+        "placement": lm.info.get("placement"),
         "created": datetime.now().isoformat(timespec="seconds"),
         "data": {"name": data.name, "n_harmful_test": len(data.harmful_test),
                  "n_harmless_test": len(data.harmless_test), "n_train": n_train, "n_val": n_val,

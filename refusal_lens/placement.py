@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -43,7 +43,6 @@ class Placement:
     device_map: str | dict[str, Any] | None = None
     max_memory: dict[Any, int] | None = None
     offload_folder: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``from_pretrained`` (the device is applied afterwards)."""
@@ -56,12 +55,18 @@ class Placement:
                 kw["offload_folder"] = self.offload_folder
         return kw
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly description (recorded in ``LensModel.info``)."""
-        return {"dtype": str(self.dtype).removeprefix("torch."),
-                "device": None if self.device is None else str(self.device),
-                "device_map": self.device_map, "max_memory": self.max_memory,
-                "offload_folder": self.offload_folder}
+    def describe(self, hf_model: nn.Module | None = None) -> dict[str, Any]:
+        """JSON-friendly description (recorded in ``LensModel.info`` and run reports), with the
+        device map accelerate realised for ``hf_model`` when it is dispatched."""
+        out = {"dtype": str(self.dtype).removeprefix("torch."),
+               "device": None if self.device is None else str(self.device),
+               "device_map": self.device_map,
+               "max_memory": None if self.max_memory is None else
+               {str(k): v for k, v in self.max_memory.items()},
+               "offload_folder": self.offload_folder}
+        if hf_model is not None and is_dispatched(hf_model):
+            out["realized_device_map"] = {k: str(v) for k, v in hf_model.hf_device_map.items()}
+        return out
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
