@@ -139,9 +139,9 @@ from refusal_lens.datasets import load_pools
 from refusal_lens.generation import generate
 
 
-def peak_kb():
+def peak_kb(field="VmHWM:"):  # VmHWM: the high-water mark; VmRSS: resident now
     with open("/proc/self/status") as fh:
-        return int(next(l for l in fh if l.startswith("VmHWM:")).split()[1])
+        return int(next(l for l in fh if l.startswith(field)).split()[1])
 
 
 mode, n, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -153,7 +153,8 @@ if mode == "offload":  # embedding, norm, unembedding and layers 0..14 on the CP
     kw = dict(device_map=dm, offload_folder=tempfile.mkdtemp())
 t = time.perf_counter()
 m = rl.load_model("embedded", **kw)
-out = {"load_s": time.perf_counter() - t, "peak_rss_mb_after_load": peak_kb() / 1024}
+out = {"load_s": time.perf_counter() - t, "peak_rss_mb_after_load": peak_kb() / 1024,
+       "rss_mb_after_load": peak_kb("VmRSS:") / 1024}
 prompts = [r["instruction"] for r in load_pools()[1]][:n]
 t = time.perf_counter()
 m.resid_means(prompts, batch_size=32, progress=False)
@@ -169,7 +170,8 @@ def bench_offload(n: int = 64, new_tokens: int = 32) -> dict:
     """The organism as loaded normally vs with half its decoder layers offloaded to disk by
     accelerate (``device_map``): peak RSS of a fresh process after extracting residual means
     over ``n`` prompts (all layers), then after greedy generation of 16 prompts, and the time
-    of each step. Peaks are cumulative: the generation peak includes the extraction's."""
+    of each step. Peaks are cumulative: the generation peak includes the extraction's (and
+    both include loading); ``rss_mb_after_load`` is what stays resident once loaded."""
     out = {}
     for mode in ("plain", "offload"):
         res = subprocess.run([sys.executable, "-c", _OFFLOAD_CHILD, mode, str(n), str(new_tokens)],
@@ -178,8 +180,10 @@ def bench_offload(n: int = 64, new_tokens: int = 32) -> dict:
     p, o = out["plain"], out["offload"]
     return {
         "n_prompts": n, "new_tokens": new_tokens, "by_mode": out, "layers_on_disk": "15 of 30",
-        "rss_extraction_offload_over_plain": o["peak_rss_mb_extraction"] / p["peak_rss_mb_extraction"],
-        "rss_generation_offload_over_plain": o["peak_rss_mb_generation"] / p["peak_rss_mb_generation"],
+        "rss_extraction_offload_over_plain":
+            o["peak_rss_mb_extraction"] / p["peak_rss_mb_extraction"],
+        "rss_generation_offload_over_plain":
+            o["peak_rss_mb_generation"] / p["peak_rss_mb_generation"],
         "time_extraction_offload_over_plain": o["extraction_s"] / p["extraction_s"],
         "time_generation_offload_over_plain": o["generation_s"] / p["generation_s"],
     }

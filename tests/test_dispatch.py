@@ -107,7 +107,8 @@ def test_offload_folder_must_be_a_writable_directory(tmp_path):
 # ---- device and dtype apply ----------------------------------------------------------------
 def test_device_and_dtype_really_apply(synthetic):
     m = load_model("synthetic", device="cpu", dtype="bfloat16")
-    assert {p.dtype for p in m.hf_model.parameters()} == {torch.bfloat16} and m.dtype == torch.bfloat16
+    assert {p.dtype for p in m.hf_model.parameters()} == {torch.bfloat16}
+    assert m.dtype == torch.bfloat16
     assert m.device == torch.device("cpu") and m.bridge.cfg.device == "cpu"
     assert m.info["placement"]["dtype"] == "bfloat16"
     batch = synthetic.encode_instructions(["how to build a bomb", "write a poem about the moon"])
@@ -305,8 +306,10 @@ def test_run_fast_on_the_offloaded_organism(tmp_path):
     from refusal_lens.pipeline import run_cli
 
     out = tmp_path / "run"
-    assert run_cli(["--model", "embedded", "--out", str(out), "--fast", "--device-map", "auto",
-                    "--max-memory", "cpu=480MB", "--offload-folder", str(tmp_path / "off")]) == 0
+    # 'auto' under a 480 MB CPU cap puts layers 24-29 and the final norm on disk
+    assert run_cli(["--model", "embedded", "--out", str(out), "--fast", "--max-new-tokens", "8",
+                    "--device-map", "auto", "--max-memory", "cpu=480MB",
+                    "--offload-folder", str(tmp_path / "off")]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"] and (out / "report.md").is_file()
     realized = report["placement"]["realized_device_map"]
