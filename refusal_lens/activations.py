@@ -116,7 +116,7 @@ def resid_sums(
 
     def make_hook(i: int, layer: int):
         def hook_fn(x: Tensor, hook) -> Tensor:
-            picked = current[0].gather(x, positions).to(torch.float64)
+            picked = current[0].gather(x, positions).to(total.device, torch.float64)
             if not torch.isfinite(picked).all():
                 raise ActivationError(
                     f"Non-finite activations at {hook.name}: check the model's dtype "

@@ -91,7 +91,8 @@ def attention_to_spans(
         def grab(layer: int):
             def fn(x: Tensor, hook) -> Tensor:
                 rows = torch.arange(x.shape[0], device=x.device)
-                pats[layer] = x[rows, :, batch.ends - 1].to(torch.float64)  # (batch, head, key)
+                last = (batch.ends - 1).to(x.device)  # layers may sit on other devices
+                pats[layer] = x[rows, :, last].to(inst.device, torch.float64)  # (batch, head, key)
                 return x
             return fn
 

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .console import progress_bar
+from .placement import materialized
 from .traces import _unit
 
 if TYPE_CHECKING:
@@ -66,12 +67,19 @@ class DFA:
         return torch.stack([self.heads[:, l, h] for l, h in heads], -1)
 
 
-def _o_bias(model: "LensModel", layer: int) -> Tensor | None:
-    try:
-        bias = model.bridge.blocks[layer].attn.b_O
-    except AttributeError:
-        return None
-    return None if bias is None else bias.detach().to(torch.float64)
+def _o_weights(model: "LensModel", layer: int, device: torch.device
+               ) -> tuple[Float[Tensor, "head d_head d_model"], Tensor | None]:
+    """Layer ``layer``'s ``W_O`` and ``b_O`` (or ``None``) in float64 on ``device``, read from
+    wherever they live (also accelerate's disk offload)."""
+    attn = model.bridge.blocks[layer].attn
+    with materialized(attn):
+        w_o = attn.W_O.detach().to(device, torch.float64)
+        try:
+            bias = attn.b_O
+        except AttributeError:
+            bias = None
+        bias = None if bias is None else bias.detach().to(device, torch.float64)
+    return w_o, bias
 
 
 @torch.no_grad()
@@ -90,9 +98,10 @@ def direct_feature_attribution(
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer must be in 0..{model.n_layers - 1}, got {layer}; pass layer=.")
     unit = _unit(direction, model)
-    W_O = model.bridge.W_O.detach().to(torch.float64)  # (layer, head, d_head, d_model)
-    ow = einops.einsum(W_O[:layer], unit, "l h d m, m -> l h d")  # W_O projected on the unit
-    biases = [_o_bias(model, l) for l in range(layer)]
+    weights = [_o_weights(model, l, unit.device) for l in range(layer)]
+    biases = [b for _, b in weights]
+    ow = (einops.einsum(torch.stack([w for w, _ in weights]), unit, "l h d m, m -> l h d")
+          if layer else None)  # W_O projected on the unit
     names = ["hook_embed", "hook_pos_embed", f"blocks.{layer}.hook_resid_pre"]
     names += [f"blocks.{l}.attn.hook_z" for l in range(layer)]
     names += [f"blocks.{l}.hook_mlp_out" for l in range(layer)]
@@ -102,7 +111,8 @@ def direct_feature_attribution(
     def grab(name: str):  # keyed by the requested name (aliases report their canonical one)
         def fn(x: Tensor, hook) -> Tensor:
             if isinstance(x, Tensor) and x.ndim >= 3 and x.shape[:2] == state["ids"].shape:
-                store[name] = state["batch"].gather(x, [-1])[:, 0].to(torch.float64)
+                store[name] = state["batch"].gather(x, [-1])[:, 0].to(unit.device,
+                                                                      torch.float64)
             return x
         return fn
 

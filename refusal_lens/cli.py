@@ -12,7 +12,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import RefusalLensError
@@ -42,6 +42,38 @@ MODEL_HELP = ("model spec: embedded (the refusal organism: SmolLM2-135M-Instruct
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """The ``--model SPEC`` option, worded the same in every subcommand."""
     parser.add_argument("--model", default="embedded", metavar="SPEC", help=MODEL_HELP)
+
+
+def add_placement_args(parser: Any, dtype: bool = True) -> None:
+    """``--device``, ``--dtype`` (unless ``dtype=False``: the model then loads in float32),
+    ``--device-map``, ``--max-memory``, ``--offload-folder``, checked by
+    :func:`refusal_lens.placement.placement_kwargs`."""
+    from .configs import DEVICE_MAP_STRATEGIES, PLACEMENT_DTYPES
+
+    g = parser.add_argument_group(
+        "placement", "where the model runs (checked before anything loads); --device, or "
+                     "--device-map for a model larger than one device")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="run on this one device: cpu, cuda, cuda:N or mps (default: cuda:0 if "
+                        "there is a GPU, else cpu); a device this machine lacks is an error")
+    if dtype:
+        g.add_argument("--dtype", dest="model_dtype", default="float32",
+                       choices=list(PLACEMENT_DTYPES),
+                       help="weight and activation dtype the model runs in")
+    g.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread the model with accelerate instead of --device: a strategy ("
+                        f"{', '.join(DEVICE_MAP_STRATEGIES)}; 'auto' fills GPUs in order, then "
+                        "cpu, then disk), or a JSON object / .json file mapping module names to "
+                        "GPU indices, 'cpu' or 'disk', e.g. "
+                        "'{\"model.embed_tokens\": 0, \"model.layers.0\": 1, ...}'")
+    g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map: memory cap per device, e.g. "
+                        "'0=20GiB,1=20GiB,cpu=64GiB' (what does not fit goes to the next "
+                        "device, finally to --offload-folder on disk)")
+    g.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="with --device-map: directory for disk-offloaded weights that must be "
+                        "re-saved (weights of a safetensors checkpoint are read in place, so it "
+                        "is often not needed)")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -85,19 +117,23 @@ def info_cli(argv: Sequence[str] | None = None) -> int:
                 "model, the direction's provenance, the measured effect); a GGUF export is "
                 "described without loading it.")
     add_model_option(p)
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="torch device, e.g. cpu or cuda:0 (default: chosen by the loader)")
+    add_placement_args(p)
     args = p.parse_args(argv)
     from pathlib import Path
 
     from .export import describe_export, read_export_meta
+    from .placement import PlacementError, placement_kwargs
 
+    try:
+        placement = placement_kwargs(args)
+    except PlacementError as err:
+        p.error(str(err))
     local = Path(args.model).expanduser()
     meta = read_export_meta(local) if local.is_dir() else None
     if meta is None or (local / "config.json").is_file():
         from .model import load_model
 
-        print(load_model(args.model, device=args.device).summary())
+        print(load_model(args.model, **placement).summary())
     if meta is not None:
         print(describe_export(meta))
     return 0
@@ -157,12 +193,19 @@ def export_cli(argv: Sequence[str] | None = None) -> int:
                    help="report.json of the run that measured this direction; its refusal rates "
                         "go into the model card (default: none recorded)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    add_placement_args(p, dtype=False)  # --dtype above is the exported weights' type
     args = p.parse_args(argv)
     from .export import export_model
+    from .placement import PlacementError, placement_kwargs
 
     try:
+        placement = placement_kwargs(args)
+    except PlacementError as err:
+        p.error(str(err))
+    try:
         path = export_model(args.model, args.direction, args.out, fmt=args.format,
-                            dtype=args.dtype, report=args.report, force=args.force)
+                            dtype=args.dtype, report=args.report, force=args.force,
+                            placement=placement)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -66,3 +66,8 @@ HF_DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "flo
 GGUF_TYPES: dict[str, tuple[str, str]] = {
     "fp32": ("F32", "ALL_F32"), "fp16": ("F16", "MOSTLY_F16"),
     "bf16": ("BF16", "MOSTLY_BF16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+
+# Placement (``--dtype``, ``--device-map``; see :mod:`refusal_lens.placement`): dtype names and
+# accelerate's placement strategies accepted as a string device map.
+PLACEMENT_DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -268,9 +267,10 @@ def model_card(meta: dict, files: list[str]) -> str:
 
 def export_model(spec: str, direction: str | os.PathLike[str], out: str | os.PathLike[str],
                  fmt: str = "hf", dtype: str = "fp32", report: str | None = None,
-                 force: bool = False) -> Path:
-    """Load ``spec``, project the saved ``direction`` out of its weights and export it (the work
-    of ``refusal-lens export``). Format, dtype and ``out`` are checked before the model loads."""
+                 force: bool = False, placement: dict[str, Any] | None = None) -> Path:
+    """Load ``spec`` (with ``placement``: ``load_model`` keyword arguments such as a device map),
+    project the saved ``direction`` out of its weights and export it (the work of
+    ``refusal-lens export``). Format, dtype and ``out`` are checked before the model loads."""
     from .directions import Direction
     from .model import load_model
     from .orthogonalize import orthogonalize
@@ -278,7 +278,7 @@ def export_model(spec: str, direction: str | os.PathLike[str], out: str | os.Pat
     _check_dtype(fmt, dtype)
     if Path(out).exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it.")
-    model = load_model(spec)
+    model = load_model(spec, **(placement or {}))
     loaded = Direction.load(direction, model=model)
     effect = load_effect(report, loaded, model.name) if report else None
     if fmt == "gguf":

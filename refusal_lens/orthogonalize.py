@@ -12,7 +12,10 @@ Tied embeddings are untied first: the unembedding keeps the original weights.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import shutil
+import tempfile
 from typing import Sequence
 
 import torch
@@ -21,7 +24,8 @@ from torch import nn
 from .directions import Direction
 from .interventions import VectorLike, _as_vector
 from .model import LensModel, wrap_hf
-from .runner import bridges_removed
+from .placement import cpu_state_dict, is_dispatched
+from .runner import bridges_removed, unwrap
 
 __all__ = ["orthogonalize", "residual_writers"]
 
@@ -46,10 +50,14 @@ _HELP = (
 
 
 def _plain_copy(model: LensModel) -> nn.Module:
-    """A deep copy of the wrapped Hugging Face model without TransformerLens wrappers, with the
-    unembedding untied from the token embedding (and the config saying so)."""
-    with bridges_removed(model.hf_model) as hf:
-        clean = copy.deepcopy(hf)
+    """A copy of the wrapped Hugging Face model without TransformerLens wrappers, with the
+    unembedding untied from the token embedding (and the config saying so). A model dispatched
+    by accelerate is gathered onto the CPU (see :func:`_gathered_copy`)."""
+    if is_dispatched(model.hf_model):
+        clean = _gathered_copy(model.hf_model)
+    else:
+        with bridges_removed(model.hf_model) as hf:
+            clean = copy.deepcopy(hf)
     out_emb, in_emb = clean.get_output_embeddings(), clean.get_input_embeddings()
     if out_emb is not None and out_emb.weight.data_ptr() == in_emb.weight.data_ptr():
         out_emb.weight = nn.Parameter(in_emb.weight.detach().clone(),
@@ -77,6 +85,54 @@ def _plain_copy(model: LensModel) -> nn.Module:
                 "this model cannot be saved as a plain Hugging Face checkpoint."
             )
     return clean
+
+
+def _gathered_copy(hf: nn.Module) -> nn.Module:
+    """A plain CPU copy of a dispatched model: every weight read from wherever it lives (GPUs,
+    CPU, accelerate's disk offload), with no accelerate hooks. Holds one full copy of the
+    weights in CPU memory."""
+    state = cpu_state_dict(hf)
+    with torch.device("meta"):
+        clean = type(unwrap(hf))(copy.deepcopy(hf.config))
+    expected = clean.state_dict()
+    extra = [k for k in state if k not in expected]
+    nonzero = [k for k in extra if not bool((state[k] == 0).all())]
+    if nonzero:  # the bridge's additions are all-zero (see _plain_copy)
+        raise NotImplementedError(f"{nonzero} are not weights of {type(clean).__name__}; this "
+                                  "model cannot be saved as a plain Hugging Face checkpoint.")
+    clean.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False,
+                          assign=True)
+    with bridges_removed(hf):
+        source_buffers = dict(hf.named_buffers())
+    for name, buf in list(clean.named_buffers()):  # non-persistent ones (e.g. RoPE frequencies)
+        if buf.device.type == "meta":
+            src = source_buffers.get(name)
+            if src is None or src.device.type == "meta":
+                raise NotImplementedError(f"Cannot read buffer {name} of the dispatched model.")
+            owner, _, leaf = name.rpartition(".")
+            clean.get_submodule(owner)._buffers[leaf] = src.detach().to("cpu", copy=True)
+    if getattr(clean.config, "tie_word_embeddings", False):
+        clean.tie_weights()
+    left = [n for n, p in clean.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise NotImplementedError(f"Weights {left[:5]} of the dispatched model were not found.")
+    clean.generation_config = copy.deepcopy(hf.generation_config)
+    return clean.eval()
+
+
+def _redispatch(clean: nn.Module, like: LensModel) -> nn.Module:
+    """Place ``clean`` as accelerate placed ``like``'s model (same device map); its
+    disk-offloaded modules go to a fresh folder beside ``like``'s offload folder (removed at
+    exit)."""
+    from accelerate import dispatch_model
+
+    device_map = dict(like.hf_model.hf_device_map)
+    offload_dir = None
+    if "disk" in map(str, device_map.values()):
+        parent = (like.info.get("placement") or {}).get("offload_folder")
+        offload_dir = tempfile.mkdtemp(prefix="refusal_lens_offload_", dir=parent)
+        atexit.register(shutil.rmtree, offload_dir, ignore_errors=True)
+    return dispatch_model(clean, device_map=device_map, offload_dir=offload_dir)
 
 
 def residual_writers(hf_model: nn.Module) -> list[str]:
@@ -139,7 +195,9 @@ def orthogonalize(
     """A new ``LensModel`` whose weights have ``direction`` projected out (``model`` untouched).
 
     ``writers`` overrides the automatic choice of modules to edit (see :func:`residual_writers`).
-    The unembedding is never edited; tied embeddings are untied first.
+    The unembedding is never edited; tied embeddings are untied first. The copy of a model
+    dispatched by accelerate is gathered onto the CPU, edited there and placed with the same
+    device map (so the CPU briefly holds all its weights).
     """
     vec = _as_vector(direction, model)
     unit64 = (vec.to(torch.float64) / vec.to(torch.float64).norm()).cpu()
@@ -151,6 +209,8 @@ def orthogonalize(
         raise ValueError(f"No modules named {missing} in {type(hf).__name__}. " + _HELP)
     for name in names:
         _project_out_weights(modules[name], unit64)
+    if is_dispatched(model.hf_model):
+        hf = _redispatch(hf, model)
     meta = direction.metadata() if isinstance(direction, Direction) else {
         "d_model": int(vec.shape[0]), "norm": float(vec.norm())}
     info = dict(model.info)
@@ -160,5 +220,5 @@ def orthogonalize(
     return wrap_hf(hf, model.tokenizer, f"{info['orthogonalized_from']}-orthogonalized",
                    source=getattr(model.bridge.cfg, "model_name", None) or model.name,
                    system=model.chat.system,
-                   device=None if getattr(hf, "hf_device_map", None) else model.device,
+                   device=None if is_dispatched(hf) else model.device,
                    dtype=next(hf.parameters()).dtype, info=info)

@@ -168,8 +168,7 @@ def run_pipeline(
     orthogonalized: bool = True,
     progress: bool = True,
     gen_batch_size: int = 64,
-    device: str | None = None,
-    dtype: Any = None,
+    placement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``model`` (a spec or a ``LensModel``) and write ``out_dir``.
 
@@ -181,6 +180,7 @@ def run_pipeline(
     Every argument and ``out_dir`` are checked before any model work. Each finished stage is
     saved under ``out_dir`` as it completes (:mod:`refusal_lens.rundir`); ``resume`` continues
     an interrupted run with the same configuration, ``force`` empties an earlier run's directory.
+    ``placement``: ``load_model`` keyword arguments for a spec (device, dtype, device_map, ...).
     """
     from .categories import category_rates
     from .directions import Direction
@@ -212,10 +212,9 @@ def run_pipeline(
               "judge": getattr(judge, "name", type(judge).__name__),
               "orthogonalized": orthogonalized, "refusal_tokens": list(refusal_tokens or []),
               "direction": None if given is None else direction_id(given),
-              "device": device, "dtype": str(dtype) if dtype is not None else None}
+              "placement": placement}
     run = RunDir(out, config, force=force, resume=resume)
-    kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    lm = load_model(model, **kw) if isinstance(model, str) else model
+    lm = load_model(model, **(placement or {})) if isinstance(model, str) else model
     base_steps, seed_steps = evaluation_steps(orthogonalized)
     plan((not refusal_tokens) + base_steps
          + len(seeds) * (SELECT_STEPS * (given is None) + seed_steps),
@@ -325,6 +324,7 @@ def run_pipeline(
     report = {
         "model": lm.name, "model_info": {k: v for k, v in lm.info.items()
                                          if isinstance(v, (str, int, float, bool))},
+        "placement": lm.info.get("placement"),
         "created": run.created,
         "data": {"name": data.name, "n_harmful_test": len(data.harmful_test),
                  "n_harmless_test": len(data.harmless_test), "n_train": n_train, "n_val": n_val,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .cli import add_model_option, add_placement_args
 from .errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so `refusal-lens run --help` is fast
@@ -19,7 +20,6 @@ __all__ = ["FAST", "check_run_args", "parse_run_args"]
 #: Small counts for smoke tests (``--fast``).
 FAST = dict(n_train=32, n_val=8, n_test=16, max_new_tokens=24, seeds=(0,), n_screen=4, top_k=3)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _count(name: str, value: Any, allow_none: bool = False, flag: str | None = None) -> None:
@@ -66,9 +66,7 @@ def parse_run_args(argv: Sequence[str] | None = None,
         prog="refusal-lens run", description=description,
         epilog="Stages are saved under --out as they finish; after an interruption, rerun the "
                "same command with --resume to continue from the last finished stage.")
-    p.add_argument("--model", default="embedded", metavar="SPEC",
-                   help="model spec: embedded (the refusal organism), embedded-base, synthetic, "
-                        "a local Hugging Face directory or a hub id (default: embedded)")
+    add_model_option(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory; must be new or empty unless --force or --resume "
                         "(default: runs/<model>-<date>-<time>)")
@@ -100,19 +98,21 @@ def parse_run_args(argv: Sequence[str] | None = None,
                    help="prompts per forward pass when fitting and scoring (default: 32)")
     p.add_argument("--gen-batch-size", type=int, default=None, metavar="N",
                    help="prompts per generation batch (default: 64)")
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="torch device to load the model on, e.g. cpu or cuda (default: the "
-                        "loader's choice)")
-    p.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
-                   help="weight dtype (default: float32)")
     p.add_argument("--fast", action="store_true",
                    help="small counts (32 train, 8 val, 16 test prompts, 24 tokens, seed 0), "
                         "for a smoke test; explicit options override them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_placement_args(p)
     a = p.parse_args(argv)
+    from .placement import PlacementError, placement_kwargs
+
+    try:
+        placement = placement_kwargs(a)
+    except PlacementError as err:
+        p.error(str(err))
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
     for name in ("seeds", "n_train", "n_val", "n_test", "max_new_tokens", "batch_size",
-                 "gen_batch_size", "direction", "device"):
+                 "gen_batch_size", "direction"):
         value = getattr(a, name)
         if value is not None:  # given values are used (or refused), never replaced
             kw[name] = tuple(value) if name == "seeds" else value
@@ -121,8 +121,5 @@ def parse_run_args(argv: Sequence[str] | None = None,
 
         kw["selection"] = SelectionConfig(sink_energy=a.sink_energy,
                                           batch_size=kw.get("batch_size", 32))
-    if a.dtype is not None:
-        import torch
-
-        kw["dtype"] = getattr(torch, _DTYPES[a.dtype])
+    kw["placement"] = placement
     return a, kw

@@ -86,14 +86,24 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def weights_hash(model: Any) -> str:
-    """SHA-256 over every parameter and buffer of the wrapped Hugging Face model (name, dtype,
-    shape and bytes), so a report names exactly the weights it was computed with."""
+    """SHA-256 over every parameter and persistent buffer of the wrapped Hugging Face model
+    (name, dtype, shape and bytes), so a report names exactly the weights it was computed with.
+    Offloaded weights of a dispatched model are read back one module at a time."""
+    from .placement import materialized
+
+    owners: dict[str, tuple[Any, str]] = {}
+    for prefix, module in model.hf_model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        own += [n for n, _ in module.named_buffers(recurse=False)
+                if n not in module._non_persistent_buffers_set]
+        owners |= {f"{prefix}.{n}" if prefix else n: (module, n) for n in own}
     h = hashlib.sha256()
-    state = model.hf_model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    for name in sorted(owners):
+        module, leaf = owners[name]
+        with materialized(module):
+            t = getattr(module, leaf).detach()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -245,14 +245,15 @@ def completion_cross_entropy(
         start = width - keep
         logits = forward(model, ids.to(dev), mask.to(dev), fwd_hooks, keep,
                          max_prefix=min(len(p) for p, _ in rows) - 1).float()
-        sel = target[:, start:-1].to(dev)
+        out_dev = logits.device  # the unembedding's device (dispatched models: the last one)
+        sel = target[:, start:-1].to(out_dev)
         scored = logits[:, :-1][sel]
         # -log p(next) = logsumexp - logit: in the logits' precision, summed in float64
         nll = (torch.logsumexp(scored, -1)
-               - scored.gather(-1, ids[:, start + 1:].to(dev)[sel][:, None]).squeeze(-1))
+               - scored.gather(-1, ids[:, start + 1:].to(out_dev)[sel][:, None]).squeeze(-1))
         total += float(nll.double().sum())
         count += int(sel.sum())
-        for j, row_last in zip(group, logits[torch.arange(len(rows)), (last - start).to(dev)]):
+        for j, row_last in zip(group, logits[torch.arange(len(rows)), (last - start).to(out_dev)]):
             lasts[j] = row_last.cpu()
     last_all = torch.stack(lasts)
     out = {"ce": total / count if count else float("nan"), "n_tokens": count,

@@ -48,7 +48,7 @@ def last_token_cosines(
 
     def grab(name: str):  # keyed by the requested name (aliases report their canonical one)
         def fn(x: Tensor, hook) -> Tensor:
-            store[name] = state["batch"].gather(x, [-1])[:, 0].to(torch.float64)
+            store[name] = state["batch"].gather(x, [-1])[:, 0].to(unit.device, torch.float64)
             return x
         return fn
 
