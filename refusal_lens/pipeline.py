@@ -24,7 +24,7 @@ from .directions import Direction
 from .evaluation import DECISION_RULE, evaluate_baseline, evaluate_direction, summarize
 from .paths import atomic_write_text
 from .scoring import Judge, SubstringJudge, discover_refusal_tokens, refusal_token_ids
-from .selection import SelectionConfig, dumps, select_direction
+from .selection import RULES, SelectionConfig, dumps, select_direction
 
 __all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
            "run_cli", "render_markdown", "induce_ranking", "FAST"]
@@ -446,6 +446,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sink-energy", type=float, default=None,
                    help="project candidates off the first token's residual subspace holding "
                         "this much energy (0.95; 0 = the paper's exact vectors)")
+    p.add_argument("--selection-rule", choices=RULES, default=None,
+                   help="how the direction is chosen among candidates passing the filters: "
+                        "'paper' (lowest bypass score; default) or 'joint' (best worse-of-two "
+                        "rank by bypass and induce scores on the validation prompts)")
     p.add_argument("--fast", action="store_true", help="small counts, for a smoke test")
     a = p.parse_args(argv)
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
@@ -457,6 +461,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         kw["max_new_tokens"] = a.max_new_tokens
     if a.sink_energy is not None:
         kw["selection"] = SelectionConfig(sink_energy=a.sink_energy)
+    if a.selection_rule:
+        kw["selection"] = replace(kw.get("selection") or SelectionConfig(), rule=a.selection_rule)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = a.out or f"runs/{Path(a.model).name}-{stamp}"
     report = run_pipeline(a.model, out, force=a.force, **kw)

@@ -26,6 +26,19 @@ has a huge residual norm any ablation costs a lot of KL). If still none pass, th
 dropped; then the induce filter too. The rule used is recorded in ``SelectionResult.rule`` and
 ``fallback`` is set.
 
+Selection rules (``SelectionConfig.rule``, fixed here before any test measurement):
+
+* ``paper`` (default): the paper's rule, lowest ``bypass`` among the candidates of the first
+  filter tier that has any;
+* ``joint``: the same filter tiers, but among that tier's candidates the one whose *worse*
+  rank is best, ranking by ``bypass`` (ascending) and by ``induce`` (descending) within the
+  tier; ties go to the lower bypass. The paper's rule optimises removing refusal only (its one
+  test of addition is ``induce > 0``); ``joint`` asks a candidate to be good at both uses, on
+  validation prompts only.
+
+Both rules see the same scores, so ``SelectionResult.by_rule`` records what each would choose
+and :meth:`SelectionResult.direction_for` builds the other rule's direction without rescoring.
+
 Attention-sink protection (``sink_energy``, default 0.95; 0 gives the paper's exact vectors):
 every candidate is projected off the subspace of the first token's residuals before it is
 scored (:mod:`refusal_lens.sinks`), and the random controls are drawn off it too. Ablating a
@@ -58,9 +71,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
            "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
-           "dumps", "STRICT_RULE"]
+           "dumps", "STRICT_RULE", "RULES", "joint_pick"]
 
 STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
+
+
+#: The selection rules (see the module docstring); the first is the default.
+RULES = ("paper", "joint")
 
 
 class SelectionError(ValueError):
@@ -83,6 +100,12 @@ class SelectionConfig:
     sink_energy: float = 0.95
     #: candidates ablated together in one batched pass (same results, fewer passes)
     group: int = 8
+    #: how the candidate is chosen among those passing the filters: one of :data:`RULES`
+    rule: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise SelectionError(f"Unknown selection rule {self.rule!r}; pick one of {RULES}.")
 
 
 @dataclass
@@ -115,6 +138,28 @@ class SelectionResult:
     baseline: dict[str, float]
     timing: dict[str, float] = field(default_factory=dict)
     sink: dict[str, Any] = field(default_factory=dict)
+    #: rule name -> what that rule chooses from the same scores (layer, position, rule text)
+    by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the fully scored candidates' vectors (what :meth:`direction_for` builds from)
+    vectors: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+
+    def direction_for(self, rule: str) -> Direction:
+        """The direction ``rule`` chooses from these scores (the chosen one for its own rule)."""
+        if rule not in self.by_rule:
+            raise SelectionError(f"No choice recorded for rule {rule!r}; recorded: "
+                                 f"{sorted(self.by_rule)}.")
+        pick = self.by_rule[rule]
+        key = (pick["layer"], pick["position"])
+        if key == (self.direction.layer, self.direction.position):
+            return self.direction
+        s = next(c for c in self.scores if (c.layer, c.position) == key)
+        d = self.direction
+        return Direction(self.vectors[key].clone(), s.layer, s.position, model=d.model,
+                         dataset_hash=d.dataset_hash, seed=d.seed,
+                         meta={**d.meta, "bypass": s.bypass, "induce": s.induce, "kl": s.kl,
+                               "rule": pick["rule"], "fallback": pick["fallback"],
+                               "selection_rule": rule},
+                         tensors={k: v for k, v in d.tensors.items() if k != "mean_diff"})
 
     @property
     def chosen(self) -> CandidateScore:
@@ -130,7 +175,8 @@ class SelectionResult:
                 "refusal_token_ids": self.refusal_token_ids, "kl_random": self.kl_random,
                 "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
                 "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
-                "chosen": asdict(self.chosen), "candidates": self.table()}
+                "chosen": asdict(self.chosen), "by_rule": self.by_rule,
+                "candidates": self.table()}
 
     def to_csv(self) -> str:
         cols = ["layer", "position", "norm", "screen_bypass", "bypass", "induce", "kl", "scored",
@@ -372,7 +418,15 @@ def select_direction(
     kl_random = float(sum(kls[len(top):]) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()
 
-    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes)
+    by_rule = {}
+    for name in RULES:  # every rule on the same scores; reasons and notes once (own rule)
+        if name == cfg.rule:
+            continue
+        other, o_rule, o_fb, _ = _choose(top, cfg, cut, kl_random, [], name, record=False)
+        if other is not None:
+            by_rule[name] = {"layer": other.layer, "position": other.position, "rule": o_rule,
+                             "fallback": o_fb}
+    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes, cfg.rule)
     if chosen is None:
         raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
     li, pi = layers.index(chosen.layer), positions.index(chosen.position)
@@ -385,16 +439,34 @@ def select_direction(
               "rule": rule, "fallback": fallback, "kl_random": kl_random, "sink": sink},
         tensors={"mean_diff": raw[li, pi].float().clone(), "sink_basis": basis.float()},
     )
+    if cfg.rule != "paper":
+        direction.meta["selection_rule"] = cfg.rule
+    by_rule[cfg.rule] = {"layer": chosen.layer, "position": chosen.position, "rule": rule,
+                         "fallback": fallback}
     timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}
     return SelectionResult(direction, scores, rule, fallback, notes, list(refusal_ids), kl_random,
-                           threshold, filtering, baseline, timing, sink)
+                           threshold, filtering, baseline, timing, sink,
+                           {k: by_rule[k] for k in RULES if k in by_rule},
+                           {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top})
+
+
+def joint_pick(passing: Sequence[CandidateScore]) -> CandidateScore:
+    """The ``joint`` rule's choice: the best worse-of-two rank, bypass ranked ascending and
+    induce descending within ``passing`` (rank 1 = best); ties go to the lower bypass."""
+    if not passing:
+        raise SelectionError("joint_pick needs at least one candidate.")
+    by_b = {id(s): 1 + sum(o.bypass < s.bypass for o in passing) for s in passing}
+    by_i = {id(s): 1 + sum(o.induce > s.induce for o in passing) for s in passing}
+    return min(passing, key=lambda s: (max(by_b[id(s)], by_i[id(s)]), s.bypass))
 
 
 def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,
-            notes: list[str]) -> tuple[CandidateScore | None, str, bool, float]:
-    """Apply the strict filters, then the documented relaxations, recording discard reasons."""
+            notes: list[str], rule_name: str = "paper", record: bool = True
+            ) -> tuple[CandidateScore | None, str, bool, float]:
+    """Apply the strict filters, then the documented relaxations, recording discard reasons
+    (``record``); within the first tier that has candidates, pick by ``rule_name``."""
     finite = [s for s in top if all(math.isfinite(v) for v in (s.bypass, s.induce, s.kl))]
-    for s in top:
+    for s in (top if record else ()):
         if s not in finite:
             s.discarded.append("NaN score")
         if s.layer >= cut:
@@ -415,10 +487,13 @@ def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random
         ("no KL filter: induce > 0; lowest bypass", math.inf, lambda s: s.induce > 0),
         ("bypass only: lowest bypass among finite candidates", math.inf, lambda s: True),
     ]
+    pick = joint_pick if rule_name == "joint" else (lambda c: min(c, key=lambda s: s.bypass))
     for i, (rule, threshold, ok) in enumerate(tiers):
         passing = [s for s in finite if ok(s)]
         if passing:
-            best = min(passing, key=lambda s: s.bypass)
+            best = pick(passing)
+            if rule_name == "joint":
+                rule = rule.replace("lowest bypass", "best worse-of-two rank (bypass, induce)")
             if i > 0:
                 notes.append(f"all {len(top)} scored candidates failed the strict filters "
                              f"(KL <= {cfg.kl_threshold:g}, induce > 0); chose by fallback rule "
