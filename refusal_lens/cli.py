@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "search adversarial (GCG) suffixes and make random ones"),
     "export": ("refusal_lens.orthogonalize", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory"),
+    "sweep": ("refusal_lens.sweeps", "sweep_cli",
+              "refusal and capability against ablation strength and addition coefficient"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }

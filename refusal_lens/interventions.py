@@ -9,6 +9,7 @@ Weight orthogonalization lives in ``orthogonalize.py``.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
 
@@ -57,13 +58,21 @@ def ablation_hooks(
     direction: VectorLike,
     layers: Sequence[int] | None = None,
     points: Sequence[str] = ABLATION_POINTS,
+    strength: float = 1.0,
 ) -> HookList:
     """Directional ablation: project the unit direction out at every layer and position.
 
     A ``(k, d_model)`` tensor ablates ``k`` directions at once, one per group of rows: the
     batch must then be ``k`` consecutive copies of the same prompts (used to score many
     candidates in one pass; see :func:`refusal_lens.runner.forward`'s ``groups``).
+
+    ``strength`` (``alpha >= 0``; 1 = full ablation) removes that fraction of the component,
+    ``x - alpha (x . u) u``: projecting off ``sqrt(alpha) u`` computes exactly that, so partial
+    ablation keeps the plain-module path.
     """
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"strength must be a finite number >= 0 (1 = full ablation), got "
+                         f"{strength!r}.")
     vecs = (torch.stack([_as_vector(v, model) for v in direction])
             if isinstance(direction, Tensor) and direction.dim() == 2
             else _as_vector(direction, model))
@@ -71,6 +80,8 @@ def ablation_hooks(
     if bool((norms == 0).any()):
         raise DirectionError("Cannot ablate the zero vector.")
     unit = (vecs / norms).to(model.device)
+    if strength != 1.0:
+        unit = unit * math.sqrt(strength)
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         return project_out(x, unit)

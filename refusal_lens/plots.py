@@ -252,3 +252,51 @@ def attention_shift_figure(shift: Any, title: str = "Attention from the last tok
     fig.update_layout(barmode="group", title=title, yaxis_title="attention mass", height=480,
                       width=1100)
     return fig
+
+
+# ---- strength sweeps, subspaces and per-category directions -------------------------------
+
+__all__ += ["strength_sweep_figure"]
+
+_SEED_DASH = ("solid", "dash", "dashdot", "longdash")
+
+
+def strength_sweep_figure(results: Sequence[dict[str, Any]],
+                          title: str = "Strength sweeps") -> go.Figure:
+    """Refusal rate (95% CI) and CE against the ablation strength (harmful prompts) and the
+    addition coefficient (harmless prompts), direction beside its random control, one line
+    per seed; ``results`` from :func:`refusal_lens.sweeps.strength_sweep`. Strength 0 is the
+    unintervened model."""
+    fig = make_subplots(rows=2, cols=2, shared_xaxes="columns", vertical_spacing=0.08,
+                        subplot_titles=("ablation strength alpha: harmful refusal",
+                                        "addition coefficient: harmless refusal",
+                                        "ablation: CE of harmless reference answers",
+                                        "addition: CE of harmless reference answers"))
+    for i, res in enumerate(results):
+        dash = _SEED_DASH[i % len(_SEED_DASH)]
+        base = res["baseline"]
+        for col, kind, split in ((1, "ablation", "harmful"), (2, "addition", "harmless")):
+            rows = res[kind]
+            xs = [0.0] + [r["strength"] for r in rows]
+            for name, color in (("direction", "#d62728"), ("random", "#7f7f7f")):
+                rs = [base[split]] + [r[name]["refusal"] for r in rows]
+                label = f"{name}, seed {res['seed']}"
+                fig.add_trace(go.Scatter(
+                    x=xs, y=[r["rate"] for r in rs], mode="lines+markers", name=label,
+                    legendgroup=label, showlegend=col == 1,
+                    line=dict(color=color, dash=dash),
+                    error_y=dict(type="data", visible=True,
+                                 array=[r["ci_high"] - r["rate"] for r in rs],
+                                 arrayminus=[r["rate"] - r["ci_low"] for r in rs])),
+                    row=1, col=col)
+                fig.add_trace(go.Scatter(
+                    x=xs, y=[base["ce"]] + [r[name]["ce"] for r in rows], mode="lines+markers",
+                    name=label, legendgroup=label, showlegend=False,
+                    line=dict(color=color, dash=dash)), row=2, col=col)
+    fig.update_yaxes(title_text="refusal rate", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    fig.update_yaxes(title_text="CE (nats/token)", row=2, col=1)
+    fig.update_xaxes(title_text="alpha (fraction of the component removed)", row=2, col=1)
+    fig.update_xaxes(title_text="coefficient c (x + c r at the direction's layer)", row=2, col=2)
+    fig.update_layout(title=title, height=720, width=1100, legend_title="arm")
+    return fig

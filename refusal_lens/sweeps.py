@@ -1,0 +1,191 @@
+"""Strength sweeps: refusal and capability against the addition coefficient and the ablation
+strength, each beside a norm-matched random direction at the same strength.
+
+* Partial ablation (harmful prompts): ``x - alpha (x . u) u`` at every layer and position
+  (:func:`refusal_lens.interventions.ablation_hooks` with ``strength=alpha``), ``alpha`` in
+  ``[0, 1]``; 1 is the paper's directional ablation.
+* Addition (harmless prompts): ``x + c r`` at the direction's layer
+  (:func:`refusal_lens.interventions.addition_hooks` with ``coeff=c``); 1 is the paper's
+  activation addition.
+
+Capability at every point: cross-entropy of reference answers to the harmless prompts (the
+datasets' answers when given, else the unintervened model's own completions) and the
+last-position KL against the unintervened model. Strength 0 is the unintervened model itself
+and is measured once (``baseline``), not once per arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from tqdm.auto import tqdm
+
+from .directions import Direction, random_like
+from .evaluation import rate_summary
+from .generation import generate
+from .interventions import ablation_hooks, addition_hooks
+from .scoring import Judge, SubstringJudge, completion_cross_entropy
+
+if TYPE_CHECKING:
+    from .model import LensModel
+
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_COEFFICIENTS", "check_strengths", "strength_sweep",
+           "sweep_cli"]
+
+DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+DEFAULT_COEFFICIENTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+#: Tokens of each harmless reference answer scored by the cross-entropy check.
+CE_TOKENS = 64
+#: Seed offset of the random control (apart from the evaluation's and the addition sweep's).
+RANDOM_SEED_OFFSET = 30_000
+
+
+def check_strengths(alphas: Sequence[float], coefficients: Sequence[float]) -> None:
+    """Raise ``ValueError`` naming the fix unless ``alphas`` lie in [0, 1] and every value is
+    finite (called before any model work)."""
+    for name, xs in (("alphas", alphas), ("coefficients", coefficients)):
+        if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in xs):
+            raise ValueError(f"{name} must be finite numbers, got {list(xs)}.")
+    if not alphas and not coefficients:
+        raise ValueError("Pass at least one ablation strength or addition coefficient.")
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"Ablation strengths must lie in [0, 1] (1 = full ablation); got {bad}.")
+
+
+def strength_sweep(
+    model: "LensModel", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    reference: Sequence[str] | None = None, judge: Judge | None = None,
+    max_new_tokens: int = 32, batch_size: int = 32, seed: int = 0, progress: bool = True,
+) -> dict[str, Any]:
+    """Refusal rates (95% CI) and capability along both strength axes for ``direction`` and a
+    norm-matched random direction (drawn off the direction's sink basis, seed-dependent).
+
+    Returns ``{"baseline": {...}, "ablation": [rows], "addition": [rows], ...}``; each row
+    holds ``strength`` and, for ``"direction"`` and ``"random"``, ``refusal`` (rate summary),
+    ``ce`` and ``kl``. Ablation rates are on ``harmful``, addition rates on ``harmless``;
+    capability is always on ``harmless`` with ``reference`` (one answer per prompt).
+    """
+    check_strengths(list(alphas), list(coefficients))
+    if not harmful or not harmless:
+        raise ValueError("Pass non-empty harmful and harmless prompt lists.")
+    if reference is not None and len(reference) != len(harmless):
+        raise ValueError(f"reference has {len(reference)} answers for {len(harmless)} harmless "
+                         "prompts; pass one per prompt (or None for the model's own answers).")
+    direction.check_width(model)
+    judge = judge or SubstringJudge()
+    harmful, harmless = list(harmful), list(harmless)
+    rand = random_like(direction.vector, seed=RANDOM_SEED_OFFSET + seed,
+                       basis=direction.tensors.get("sink_basis"))
+
+    def refusal(prompts: list[str], hooks) -> dict[str, float]:
+        texts = generate(model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, progress=False)
+        return rate_summary([bool(f) for f in judge(prompts, texts)], seed)
+
+    base_s_texts = generate(model, harmless, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=False)
+    text = list(reference) if reference is not None else base_s_texts
+    base_ce = completion_cross_entropy(model, harmless, text, batch_size=batch_size,
+                                       max_completion_tokens=CE_TOKENS)
+
+    def capability(hooks) -> dict[str, float]:
+        out = completion_cross_entropy(model, harmless, text, hooks, batch_size,
+                                       base_ce["last_logits"], max_completion_tokens=CE_TOKENS)
+        return {"ce": out["ce"], "kl": out["kl"]}
+
+    baseline = {"harmful": refusal(harmful, []),
+                "harmless": rate_summary([bool(f) for f in judge(harmless, base_s_texts)], seed),
+                "ce": base_ce["ce"], "kl": 0.0}
+    out: dict[str, Any] = {"baseline": baseline, "ablation": [], "addition": [],
+                           "layer": direction.layer, "position": direction.position,
+                           "direction_norm": direction.norm, "random_norm": float(rand.norm()),
+                           "seed": seed, "n_harmful": len(harmful), "n_harmless": len(harmless),
+                           "max_new_tokens": max_new_tokens,
+                           "ce_text": ("dataset reference answers" if reference is not None
+                                       else "baseline completions")}
+    jobs = [("ablation", a) for a in alphas] + [("addition", c) for c in coefficients]
+    for kind, x in tqdm(jobs, desc="strength sweep", disable=not progress):
+        row: dict[str, Any] = {"strength": float(x)}
+        for name, vec in (("direction", direction.vector), ("random", rand)):
+            if kind == "ablation":
+                hooks = ablation_hooks(model, vec, strength=x) if x else []
+                row[name] = {"refusal": refusal(harmful, hooks)}
+            else:
+                hooks = addition_hooks(model, vec, direction.layer, coeff=x) if x else []
+                row[name] = {"refusal": refusal(harmless, hooks)}
+            row[name] |= capability(hooks) if hooks else {"ce": base_ce["ce"], "kl": 0.0}
+        out[kind].append(row)
+    return out
+
+
+def sweep_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens sweep``: strength sweeps of a saved direction on held-out test prompts."""
+    p = argparse.ArgumentParser(
+        prog="refusal-lens sweep",
+        description="Refusal rate and capability (CE, KL) of a saved direction against the "
+                    "partial-ablation strength and the addition coefficient, each beside a "
+                    "norm-matched random direction at the same strength, on held-out test "
+                    "prompts. Writes OUT.json and the figure OUT.html.")
+    p.add_argument("--model", default="embedded", metavar="SPEC",
+                   help="model spec: embedded, embedded-base, synthetic, a local HF directory "
+                        "or a hub id (default: embedded)")
+    p.add_argument("--direction", required=True, metavar="PATH",
+                   help="a direction saved with Direction.save() (.safetensors), e.g. the "
+                        "direction.safetensors of a `refusal-lens run` directory")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS),
+                   metavar="A", help="partial-ablation strengths in [0, 1] (1 = full ablation; "
+                                     f"default: {' '.join(map(str, DEFAULT_ALPHAS))})")
+    p.add_argument("--coefficients", type=float, nargs="+", default=list(DEFAULT_COEFFICIENTS),
+                   metavar="C", help="addition coefficients (1 = the paper's addition; "
+                                     f"default: {' '.join(map(str, DEFAULT_COEFFICIENTS))})")
+    p.add_argument("--n", type=int, default=50, metavar="N",
+                   help="held-out test prompts per side (default: 50)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="T",
+                   help="greedy tokens per completion (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
+    p.add_argument("--out", default="figures/strength_sweep", metavar="STEM",
+                   help="output stem: writes STEM.json and STEM.html (default: "
+                        "figures/strength_sweep)")
+    p.add_argument("--force", action="store_true", help="replace STEM.json if it exists")
+    a = p.parse_args(argv)
+    check_strengths(a.alphas, a.coefficients)
+    if a.n < 1 or a.max_new_tokens < 1:
+        raise ValueError("--n and --max-new-tokens must be >= 1.")
+    stem = Path(a.out)
+    if stem.with_suffix(".json").exists() and not a.force:
+        raise FileExistsError(f"{stem.with_suffix('.json')} exists; pass --force to replace it.")
+    if not Path(a.direction).with_suffix(".safetensors").is_file():
+        raise FileNotFoundError(f"No direction file at {a.direction}; save one with "
+                                "Direction.save() or run `refusal-lens run` first.")
+    from .model import load_model
+    from .paths import atomic_write_text
+    from .pipeline import default_data
+    from .plots import save_figure, strength_sweep_figure
+    from .selection import dumps
+
+    model = load_model(a.model)
+    direction = Direction.load(a.direction, model=model)
+    data = default_data(model, n_test=a.n)
+    result = strength_sweep(model, direction, data.harmful_test, data.harmless_test, a.alphas,
+                            a.coefficients, data.harmless_reference,
+                            max_new_tokens=a.max_new_tokens, seed=a.seed)
+    result |= {"model": model.name, "direction_file": str(a.direction), "data": data.name}
+    atomic_write_text(stem.with_suffix(".json"), dumps({"seeds": [result]}))
+    for path in save_figure(strength_sweep_figure([result], title=(
+            f"Strength sweeps, {model.name} (layer {direction.layer}, position "
+            f"{direction.position}); {result['n_harmful']} + {result['n_harmless']} held-out "
+            f"prompts, {a.max_new_tokens} greedy tokens")), stem):
+        print(f"wrote {path}", file=sys.stderr)
+    for kind in ("ablation", "addition"):
+        for row in result[kind]:
+            d, r = row["direction"], row["random"]
+            print(f"{kind:9s} {row['strength']:5.2f}  refusal {d['refusal']['rate']:.2f} "
+                  f"(random {r['refusal']['rate']:.2f})  CE {d['ce']:.3f} (random {r['ce']:.3f})")
+    return 0
