@@ -300,3 +300,38 @@ def strength_sweep_figure(results: Sequence[dict[str, Any]],
     fig.update_xaxes(title_text="coefficient c (x + c r at the direction's layer)", row=2, col=2)
     fig.update_layout(title=title, height=720, width=1100, legend_title="arm")
     return fig
+
+
+__all__ += ["selection_rules_figure"]
+
+
+def selection_rules_figure(rules: dict[str, dict[str, Any]],
+                           title: str = "Selection rules on held-out prompts") -> go.Figure:
+    """Per selection rule, pooled refusal rates (95% CI): ablation on harmful prompts and
+    addition on harmless prompts, each beside its random control and the baseline.
+
+    ``rules``: rule name -> ``{"rates": {arm key -> rate summary}}`` (as from
+    :func:`refusal_lens.evaluation.summarize`)."""
+    arms = [("baseline_harmful", "harmful: baseline"), ("ablation", "harmful: ablation"),
+            ("random_ablation", "harmful: random ablation"),
+            ("baseline_harmless", "harmless: baseline"), ("addition", "harmless: addition"),
+            ("random_addition", "harmless: random addition")]
+    fig = go.Figure()
+    for i, (rule, res) in enumerate(rules.items()):
+        rates = res["rates"]
+        present = [(k, label) for k, label in arms if k in rates]
+        ys = [rates[k]["rate"] for k, _ in present]
+        fig.add_trace(go.Bar(
+            name=f"rule '{rule}'", x=[label for _, label in present], y=ys,
+            text=[f"{y:.2f}" for y in ys], textposition="outside",
+            marker_color=("#1f77b4", "#d62728", "#2ca02c")[i % 3],
+            error_y=dict(type="data", visible=True,
+                         array=[rates[k]["ci_high"] - rates[k]["rate"] for k, _ in present],
+                         arrayminus=[rates[k]["rate"] - rates[k]["ci_low"] for k, _ in present])))
+    fig.add_hline(y=0.8, line_dash="dot", line_color="grey",
+                  annotation_text="addition bar 0.80", annotation_position="top left")
+    fig.add_hline(y=0.1, line_dash="dot", line_color="grey",
+                  annotation_text="ablation bar 0.10", annotation_position="bottom left")
+    fig.update_layout(barmode="group", title=title, height=500, width=1000,
+                      yaxis=dict(title="refusal rate", range=[0, 1.15]), legend_title="rule")
+    return fig

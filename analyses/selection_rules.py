@@ -1,0 +1,136 @@
+"""Selection rules on held-out test prompts: the paper's rule (lowest bypass) against the joint
+rule (best worse-of-two rank by bypass and induce), both applied to the same validation scores.
+
+Both rules were fixed in ``refusal_lens.selection`` before this was run; the test prompts only
+report what each rule's choice does, they choose nothing. For each seed: select on that seed's
+train/val prompts (the pipeline's data and settings), save each rule's direction in ``--dirs``
+(``direction-<rule>-seed<s>.safetensors``, read by ``analyses/strength_sweep.py``), then
+evaluate ablation (harmful test prompts) and addition (harmless test prompts) of each distinct
+choice beside norm-matched random directions. Writes figures/selection_rules.{json,html}; with
+that JSON present it only re-renders the figure (``--rerun`` measures again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from refusal_lens import load_model
+from refusal_lens.evaluation import evaluate_baseline, evaluate_direction, summarize
+from refusal_lens.paths import atomic_write_text
+from refusal_lens.pipeline import default_data, induce_ranking
+from refusal_lens.plots import save_figure, selection_rules_figure
+from refusal_lens.scoring import discover_refusal_tokens
+from refusal_lens.selection import RULES, SelectionConfig, dumps, select_direction
+
+FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--n-train", type=int, default=32 if FAST else 128)
+    p.add_argument("--n-val", type=int, default=8 if FAST else 32)
+    p.add_argument("--n-test", type=int, default=16 if FAST else 100,
+                   help="held-out test prompts per side")
+    p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")
+    p.add_argument("--dirs", default="runs/selection_rules", help="where directions are saved")
+    p.add_argument("--out", default="figures/selection_rules")
+    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
+    args = p.parse_args(argv)
+    saved = Path(args.out + ".json")
+    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
+               else measure(args))
+    fig = selection_rules_figure(summary["rules"], title=(
+        f"Selection rules on held-out prompts<br><sup>{summary['model']}; seeds "
+        f"{summary['seeds']}; {summary['n_test']} + {summary['n_test']} test prompts, "
+        f"{summary['new_tokens']} greedy tokens; pooled over seeds, 95% CI</sup>"))
+    for path in save_figure(fig, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _validation(sel, rule: str) -> dict:
+    pick = sel.by_rule[rule]
+    c = next(s for s in sel.scores if (s.layer, s.position) == (pick["layer"], pick["position"]))
+    return {"layer": c.layer, "position": c.position, "bypass": c.bypass, "induce": c.induce,
+            "kl": c.kl, "rule_text": pick["rule"], "fallback": pick["fallback"],
+            "induce_rank": induce_ranking(sel.table(), c.layer, c.position)}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    data = default_data(model, args.n_train, args.n_val, args.n_test)
+    fit0 = data.fit(args.seeds[0])
+    rt = discover_refusal_tokens(model, fit0.harmful_train[:32], progress=False)
+    dirs = Path(args.dirs)
+    dirs.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"model": model.name, "seeds": args.seeds, "n_test": args.n_test,
+                     "n_train": args.n_train, "n_val": args.n_val, "new_tokens": args.tokens,
+                     "refusal_tokens": rt["tokens"], "validation": {}, "rules": {},
+                     "timing": {}}
+
+    def write() -> None:
+        summary["timing"]["total_s"] = time.perf_counter() - t0
+        atomic_write_text(args.out + ".json", dumps(summary))
+
+    directions: dict[str, dict[int, object]] = {r: {} for r in RULES}
+    for seed in args.seeds:
+        fit = fit0 if seed == args.seeds[0] else data.fit(seed)
+        t = time.perf_counter()
+        sel = select_direction(model, fit.harmful_train, fit.harmless_train, fit.harmful_val,
+                               fit.harmless_val, rt["ids"], SelectionConfig(seed=seed),
+                               dataset_hash=fit.hash(), progress=False)
+        summary["timing"][f"select_seed{seed}_s"] = time.perf_counter() - t
+        summary["validation"][str(seed)] = {
+            "by_rule": {r: _validation(sel, r) for r in RULES},
+            "scored": [{k: s[k] for k in ("layer", "position", "bypass", "induce", "kl")}
+                       for s in sel.table() if s["scored"]],
+            "kl_random": sel.kl_random}
+        for rule in RULES:
+            d = sel.direction_for(rule)
+            d.save(dirs / f"direction-{rule}-seed{seed}")
+            directions[rule][seed] = d
+        print(f"seed {seed}: " + ", ".join(f"{r} -> layer {v['layer']} pos {v['position']}"
+                                          for r, v in sel.by_rule.items()), file=sys.stderr)
+        write()
+    t = time.perf_counter()
+    base = evaluate_baseline(model, data.harmful_test, data.harmless_test,
+                             max_new_tokens=args.tokens, progress=False,
+                             harmless_reference=data.harmless_reference, gen_batch_size=64)
+    summary["timing"]["baseline_s"] = time.perf_counter() - t
+    # the joint rule first (the question asked of it), then the paper's rule; a choice both
+    # rules share is evaluated once
+    done: dict[tuple[int, int, int], dict] = {}
+    for rule in ("joint", "paper"):
+        per_seed = []
+        for seed in args.seeds:
+            d = directions[rule][seed]
+            key = (seed, d.layer, d.position)
+            if key not in done:
+                t = time.perf_counter()
+                done[key] = evaluate_direction(model, d, base, seed, max_new_tokens=args.tokens,
+                                               orthogonalized=False, progress=False,
+                                               gen_batch_size=64)
+                summary["timing"][f"evaluate_{rule}_seed{seed}_s"] = time.perf_counter() - t
+            per_seed.append(done[key])
+        s = summarize(base, per_seed)
+        summary["rules"][rule] = {
+            "rates": s["rates"], "capability": s["capability"], "verdict": s["verdict"],
+            "targets": s["targets"],
+            "seeds": [{"seed": x["seed"], "rates": {k: v["rate"] for k, v in x["rates"].items()},
+                       "capability": x["capability"],
+                       "layer": directions[rule][x["seed"]].layer,
+                       "position": directions[rule][x["seed"]].position} for x in s["seeds"]]}
+        write()
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
