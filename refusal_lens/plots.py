@@ -335,3 +335,36 @@ def selection_rules_figure(rules: dict[str, dict[str, Any]],
     fig.update_layout(barmode="group", title=title, height=500, width=1000,
                       yaxis=dict(title="refusal rate", range=[0, 1.15]), legend_title="rule")
     return fig
+
+
+__all__ += ["subspace_figure"]
+
+
+def subspace_figure(results: Sequence[dict[str, Any]],
+                    title: str = "Ablating a k-dimensional refusal subspace") -> go.Figure:
+    """Harmful refusal (95% CI) and harmless CE against the subspace dimension ``k``, beside
+    random ``k``-dim subspaces, one line per seed; ``results`` from
+    :func:`refusal_lens.subspace.subspace_sweep`. ``k = 0`` is the unintervened model."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("harmful refusal",
+                                                        "CE of harmless reference answers"))
+    for i, res in enumerate(results):
+        dash = _SEED_DASH[i % len(_SEED_DASH)]
+        ks = [0] + [r["k"] for r in res["rows"]]
+        for name, color in (("subspace", "#d62728"), ("random", "#7f7f7f")):
+            rs = [res["baseline"]["harmful"]] + [r[name]["refusal"] for r in res["rows"]]
+            label = f"{name}, seed {res['seed']}"
+            fig.add_trace(go.Scatter(
+                x=ks, y=[r["rate"] for r in rs], mode="lines+markers", name=label,
+                legendgroup=label, line=dict(color=color, dash=dash),
+                error_y=dict(type="data", visible=True,
+                             array=[r["ci_high"] - r["rate"] for r in rs],
+                             arrayminus=[r["rate"] - r["ci_low"] for r in rs])), row=1, col=1)
+            fig.add_trace(go.Scatter(
+                x=ks, y=[res["baseline"]["ce"]] + [r[name]["ce"] for r in res["rows"]],
+                mode="lines+markers", name=label, legendgroup=label, showlegend=False,
+                line=dict(color=color, dash=dash)), row=1, col=2)
+    fig.update_xaxes(title_text="subspace dimension k", dtick=1)
+    fig.update_yaxes(title_text="refusal rate", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="CE (nats/token)", row=1, col=2)
+    fig.update_layout(title=title, height=460, width=1100, legend_title="ablated")
+    return fig

@@ -33,8 +33,8 @@ from .scoring import Judge, SubstringJudge, completion_cross_entropy
 if TYPE_CHECKING:
     from .model import LensModel
 
-__all__ = ["DEFAULT_ALPHAS", "DEFAULT_COEFFICIENTS", "check_strengths", "strength_sweep",
-           "sweep_cli"]
+__all__ = ["DEFAULT_ALPHAS", "DEFAULT_COEFFICIENTS", "Meter", "check_strengths",
+           "strength_sweep", "sweep_cli"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
@@ -57,6 +57,66 @@ def check_strengths(alphas: Sequence[float], coefficients: Sequence[float]) -> N
         raise ValueError(f"Ablation strengths must lie in [0, 1] (1 = full ablation); got {bad}.")
 
 
+class Meter:
+    """Refusal rate of prompts under hooks, and capability (CE of reference answers to the
+    harmless prompts, last-position KL vs the unintervened model) under hooks.
+
+    The unintervened harmless completions and CE reference are computed once, on creation;
+    empty hooks return them without another pass. Shared by every sweep.
+    """
+
+    def __init__(self, model: "LensModel", harmless: Sequence[str],
+                 reference: Sequence[str] | None = None, judge: Judge | None = None,
+                 max_new_tokens: int = 32, batch_size: int = 32, seed: int = 0) -> None:
+        if not harmless:
+            raise ValueError("Pass a non-empty list of harmless prompts.")
+        if reference is not None and len(reference) != len(harmless):
+            raise ValueError(f"reference has {len(reference)} answers for {len(harmless)} "
+                             "harmless prompts; pass one per prompt (or None for the model's "
+                             "own answers).")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        self.model, self.harmless = model, list(harmless)
+        self.judge = judge or SubstringJudge()
+        self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
+        self._harmless_texts = self.generate(self.harmless, [])
+        self.text = list(reference) if reference is not None else self._harmless_texts
+        self.ce_text = ("dataset reference answers" if reference is not None
+                        else "baseline completions")
+        self._base = completion_cross_entropy(model, self.harmless, self.text,
+                                              batch_size=batch_size,
+                                              max_completion_tokens=CE_TOKENS)
+
+    def generate(self, prompts: Sequence[str], hooks) -> list[str]:
+        return generate(self.model, list(prompts), fwd_hooks=hooks,
+                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                        progress=False)
+
+    def flags(self, prompts: Sequence[str], hooks) -> list[bool]:
+        """The judge's refusal flag per prompt under ``hooks``."""
+        texts = (self._harmless_texts if not hooks and list(prompts) == self.harmless
+                 else self.generate(prompts, hooks))
+        return [bool(f) for f in self.judge(list(prompts), texts)]
+
+    def refusal(self, prompts: Sequence[str], hooks) -> dict[str, float]:
+        """Refusal rate (95% bootstrap CI) of ``prompts`` under ``hooks``."""
+        return rate_summary(self.flags(prompts, hooks), self.seed)
+
+    def capability(self, hooks) -> dict[str, float]:
+        """CE of the reference answers and last-position KL under ``hooks``."""
+        if not hooks:
+            return {"ce": self._base["ce"], "kl": 0.0}
+        out = completion_cross_entropy(self.model, self.harmless, self.text, hooks,
+                                       self.batch_size, self._base["last_logits"],
+                                       max_completion_tokens=CE_TOKENS)
+        return {"ce": out["ce"], "kl": out["kl"]}
+
+    def baseline(self, harmful: Sequence[str]) -> dict[str, Any]:
+        """Unintervened refusal on ``harmful`` and the harmless prompts, and the baseline CE."""
+        return {"harmful": self.refusal(harmful, []), "harmless": self.refusal(self.harmless, []),
+                "ce": self._base["ce"], "kl": 0.0}
+
+
 def strength_sweep(
     model: "LensModel", direction: Direction, harmful: Sequence[str], harmless: Sequence[str],
     alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -73,43 +133,19 @@ def strength_sweep(
     capability is always on ``harmless`` with ``reference`` (one answer per prompt).
     """
     check_strengths(list(alphas), list(coefficients))
-    if not harmful or not harmless:
-        raise ValueError("Pass non-empty harmful and harmless prompt lists.")
-    if reference is not None and len(reference) != len(harmless):
-        raise ValueError(f"reference has {len(reference)} answers for {len(harmless)} harmless "
-                         "prompts; pass one per prompt (or None for the model's own answers).")
+    if not harmful:
+        raise ValueError("Pass a non-empty list of harmful prompts.")
     direction.check_width(model)
-    judge = judge or SubstringJudge()
-    harmful, harmless = list(harmful), list(harmless)
+    harmful = list(harmful)
     rand = random_like(direction.vector, seed=RANDOM_SEED_OFFSET + seed,
                        basis=direction.tensors.get("sink_basis"))
-
-    def refusal(prompts: list[str], hooks) -> dict[str, float]:
-        texts = generate(model, prompts, fwd_hooks=hooks, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, progress=False)
-        return rate_summary([bool(f) for f in judge(prompts, texts)], seed)
-
-    base_s_texts = generate(model, harmless, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, progress=False)
-    text = list(reference) if reference is not None else base_s_texts
-    base_ce = completion_cross_entropy(model, harmless, text, batch_size=batch_size,
-                                       max_completion_tokens=CE_TOKENS)
-
-    def capability(hooks) -> dict[str, float]:
-        out = completion_cross_entropy(model, harmless, text, hooks, batch_size,
-                                       base_ce["last_logits"], max_completion_tokens=CE_TOKENS)
-        return {"ce": out["ce"], "kl": out["kl"]}
-
-    baseline = {"harmful": refusal(harmful, []),
-                "harmless": rate_summary([bool(f) for f in judge(harmless, base_s_texts)], seed),
-                "ce": base_ce["ce"], "kl": 0.0}
-    out: dict[str, Any] = {"baseline": baseline, "ablation": [], "addition": [],
+    meter = Meter(model, harmless, reference, judge, max_new_tokens, batch_size, seed)
+    refusal, capability = meter.refusal, meter.capability
+    out: dict[str, Any] = {"baseline": meter.baseline(harmful), "ablation": [], "addition": [],
                            "layer": direction.layer, "position": direction.position,
                            "direction_norm": direction.norm, "random_norm": float(rand.norm()),
                            "seed": seed, "n_harmful": len(harmful), "n_harmless": len(harmless),
-                           "max_new_tokens": max_new_tokens,
-                           "ce_text": ("dataset reference answers" if reference is not None
-                                       else "baseline completions")}
+                           "max_new_tokens": max_new_tokens, "ce_text": meter.ce_text}
     jobs = [("ablation", a) for a in alphas] + [("addition", c) for c in coefficients]
     for kind, x in tqdm(jobs, desc="strength sweep", disable=not progress):
         row: dict[str, Any] = {"strength": float(x)}
@@ -120,7 +156,7 @@ def strength_sweep(
             else:
                 hooks = addition_hooks(model, vec, direction.layer, coeff=x) if x else []
                 row[name] = {"refusal": refusal(harmless, hooks)}
-            row[name] |= capability(hooks) if hooks else {"ce": base_ce["ce"], "kl": 0.0}
+            row[name] |= capability(hooks)
         out[kind].append(row)
     return out
 
