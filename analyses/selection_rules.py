@@ -105,6 +105,8 @@ def measure(args: argparse.Namespace) -> dict:
                              max_new_tokens=args.tokens, progress=False,
                              harmless_reference=data.harmless_reference, gen_batch_size=64)
     summary["timing"]["baseline_s"] = time.perf_counter() - t
+    summary["baseline_flags"] = {"harmful": base.harmful.flags, "harmless": base.harmless.flags}
+    summary["harmful_test"] = list(data.harmful_test)
     # the joint rule first (the question asked of it), then the paper's rule; a choice both
     # rules share is evaluated once
     done: dict[tuple[int, int, int], dict] = {}
@@ -126,6 +128,9 @@ def measure(args: argparse.Namespace) -> dict:
             "targets": s["targets"],
             "seeds": [{"seed": x["seed"], "rates": {k: v["rate"] for k, v in x["rates"].items()},
                        "capability": x["capability"],
+                       "flags": {a.name: a.flags for a in done[(x["seed"],
+                                 directions[rule][x["seed"]].layer,
+                                 directions[rule][x["seed"]].position)]["arms"]},
                        "layer": directions[rule][x["seed"]].layer,
                        "position": directions[rule][x["seed"]].position} for x in s["seeds"]]}
         write()

@@ -368,3 +368,39 @@ def subspace_figure(results: Sequence[dict[str, Any]],
     fig.update_yaxes(title_text="CE (nats/token)", row=1, col=2)
     fig.update_layout(title=title, height=460, width=1100, legend_title="ablated")
     return fig
+
+
+__all__ += ["categories_figure"]
+
+
+def categories_figure(names: Sequence[str], cosines: Sequence[Sequence[float]],
+                      rates: dict[str, dict[str, dict[str, float]]] | None = None,
+                      title: str = "Per-category refusal directions") -> go.Figure:
+    """Left: cosine matrix of the per-category directions and the global one (last row /
+    column). Right (with ``rates``: arm -> category -> rate summary): refusal per category
+    under each arm, with 95% CIs."""
+    cols = 2 if rates else 1
+    fig = make_subplots(rows=1, cols=cols, column_widths=[0.5, 0.5][:cols],
+                        subplot_titles=("cosine similarity",
+                                        "refusal by test category")[:cols])
+    fig.add_trace(go.Heatmap(z=[list(r) for r in cosines], x=list(names), y=list(names),
+                             zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
+                             text=[[f"{v:.2f}" for v in r] for r in cosines],
+                             texttemplate="%{text}", colorbar=dict(x=0.45 if rates else 1.0)),
+                  row=1, col=1)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    if rates:
+        colors = {"baseline": "#1f77b4", "ablation": "#d62728", "random_ablation": "#7f7f7f"}
+        for arm, by_cat in rates.items():
+            cats = list(by_cat)
+            fig.add_trace(go.Bar(
+                name=arm.replace("_", " "), y=cats, x=[by_cat[c]["rate"] for c in cats],
+                orientation="h", marker_color=colors.get(arm),
+                error_x=dict(type="data", visible=True,
+                             array=[by_cat[c]["ci_high"] - by_cat[c]["rate"] for c in cats],
+                             arrayminus=[by_cat[c]["rate"] - by_cat[c]["ci_low"] for c in cats])),
+                row=1, col=2)
+        fig.update_xaxes(title_text="refusal rate", range=[0, 1.05], row=1, col=2)
+        fig.update_layout(barmode="group")
+    fig.update_layout(title=title, height=620, width=1300 if rates else 720)
+    return fig
