@@ -404,3 +404,43 @@ def categories_figure(names: Sequence[str], cosines: Sequence[Sequence[float]],
         fig.update_layout(barmode="group")
     fig.update_layout(title=title, height=620, width=1300 if rates else 720)
     return fig
+
+
+__all__ += ["pareto_figure"]
+
+
+def pareto_figure(results: Sequence[dict[str, Any]],
+                  title: str = "Optimised ablation: refusal vs KL") -> go.Figure:
+    """Validation refusal against KL of every search trial, the Pareto front, the uniform
+    (single-direction) trial, the chosen point and the random direction, one panel per seed;
+    ``results`` from :func:`refusal_lens.optimized_ablation.search_weights`."""
+    fig = make_subplots(rows=1, cols=len(results), shared_yaxes=True,
+                        subplot_titles=[f"seed {r['seed']}" for r in results])
+    for col, res in enumerate(results, start=1):
+        trials = res["trials"]
+        front = sorted((t for t in trials if t["number"] in set(res["pareto"])),
+                       key=lambda t: t["kl"])
+        show = col == 1
+        fig.add_trace(go.Scatter(x=[t["kl"] for t in trials], y=[t["refusal"] for t in trials],
+                                 mode="markers", marker=dict(color="#bbbbbb", size=6),
+                                 name="trial", showlegend=show, legendgroup="trial",
+                                 text=[f"trial {t['number']}" for t in trials]), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[t["kl"] for t in front], y=[t["refusal"] for t in front],
+                                 mode="lines+markers", line=dict(color="#1f77b4"),
+                                 name="Pareto front", showlegend=show, legendgroup="front"),
+                      row=1, col=col)
+        marks = [("uniform", "single-direction ablation", "star", "#d62728"),
+                 ("chosen", "chosen point", "diamond", "#2ca02c"),
+                 ("random", "random direction ablated", "x", "#7f7f7f")]
+        for key, name, symbol, color in marks:
+            if key in res:
+                fig.add_trace(go.Scatter(x=[res[key]["kl"]], y=[res[key]["refusal"]],
+                                         mode="markers", name=name, showlegend=show,
+                                         legendgroup=key, marker=dict(symbol=symbol, size=14,
+                                                                      color=color)),
+                              row=1, col=col)
+        fig.update_xaxes(title_text="KL, harmless validation prompts", type="log", row=1, col=col)
+    fig.update_yaxes(title_text="refusal rate, harmful validation prompts", range=[-0.02, 1.02],
+                     row=1, col=1)
+    fig.update_layout(title=title, height=480, width=560 * len(results) + 200)
+    return fig
