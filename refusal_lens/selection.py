@@ -102,10 +102,17 @@ class SelectionConfig:
     group: int = 8
     #: how the candidate is chosen among those passing the filters: one of :data:`RULES`
     rule: str = "paper"
+    #: where the chosen vector is added: "read" (its own layer, the paper) or "best" (the layer
+    #: of any fully scored candidate where adding it gives the highest induce score on the
+    #: validation prompts; recorded as ``Direction.meta["addition_layer"]``)
+    addition_layer: str = "read"
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise SelectionError(f"Unknown selection rule {self.rule!r}; pick one of {RULES}.")
+        if self.addition_layer not in ("read", "best"):
+            raise SelectionError(f"addition_layer must be 'read' or 'best', got "
+                                 f"{self.addition_layer!r}.")
 
 
 @dataclass
@@ -156,7 +163,9 @@ class SelectionResult:
         d = self.direction
         return Direction(self.vectors[key].clone(), s.layer, s.position, model=d.model,
                          dataset_hash=d.dataset_hash, seed=d.seed,
-                         meta={**d.meta, "bypass": s.bypass, "induce": s.induce, "kl": s.kl,
+                         meta={**{k: v for k, v in d.meta.items()
+                                  if k not in ("addition_layer", "addition_induce")},
+                               "bypass": s.bypass, "induce": s.induce, "kl": s.kl,
                                "rule": pick["rule"], "fallback": pick["fallback"],
                                "selection_rule": rule},
                          tensors={k: v for k, v in d.tensors.items() if k != "mean_diff"})
@@ -441,6 +450,12 @@ def select_direction(
     )
     if cfg.rule != "paper":
         direction.meta["selection_rule"] = cfg.rule
+    if cfg.addition_layer == "best":  # validation prompts only, like every other score
+        tried = {chosen.layer: chosen.induce}
+        for layer in sorted({s.layer for s in top} - {chosen.layer}):
+            tried[layer] = induce(vec_of[(chosen.layer, chosen.position)], layer)
+        direction.meta["addition_layer"] = max(tried, key=lambda l: (tried[l], l == chosen.layer))
+        direction.meta["addition_induce"] = {str(l): v for l, v in sorted(tried.items())}
     by_rule[cfg.rule] = {"layer": chosen.layer, "position": chosen.position, "rule": rule,
                          "fallback": fallback}
     timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}

@@ -4,7 +4,8 @@ strength, each beside a norm-matched random direction at the same strength.
 * Partial ablation (harmful prompts): ``x - alpha (x . u) u`` at every layer and position
   (:func:`refusal_lens.interventions.ablation_hooks` with ``strength=alpha``), ``alpha`` in
   ``[0, 1]``; 1 is the paper's directional ablation.
-* Addition (harmless prompts): ``x + c r`` at the direction's layer
+* Addition (harmless prompts): ``x + c r`` at the direction's layer (its
+  ``meta["addition_layer"]`` when selection chose one)
   (:func:`refusal_lens.interventions.addition_hooks` with ``coeff=c``); 1 is the paper's
   activation addition.
 
@@ -139,10 +140,12 @@ def strength_sweep(
     harmful = list(harmful)
     rand = random_like(direction.vector, seed=RANDOM_SEED_OFFSET + seed,
                        basis=direction.tensors.get("sink_basis"))
+    add_layer = int(direction.meta.get("addition_layer", direction.layer))
     meter = Meter(model, harmless, reference, judge, max_new_tokens, batch_size, seed)
     refusal, capability = meter.refusal, meter.capability
     out: dict[str, Any] = {"baseline": meter.baseline(harmful), "ablation": [], "addition": [],
                            "layer": direction.layer, "position": direction.position,
+                           "addition_layer": add_layer,
                            "direction_norm": direction.norm, "random_norm": float(rand.norm()),
                            "seed": seed, "n_harmful": len(harmful), "n_harmless": len(harmless),
                            "max_new_tokens": max_new_tokens, "ce_text": meter.ce_text}
@@ -154,7 +157,7 @@ def strength_sweep(
                 hooks = ablation_hooks(model, vec, strength=x) if x else []
                 row[name] = {"refusal": refusal(harmful, hooks)}
             else:
-                hooks = addition_hooks(model, vec, direction.layer, coeff=x) if x else []
+                hooks = addition_hooks(model, vec, add_layer, coeff=x) if x else []
                 row[name] = {"refusal": refusal(harmless, hooks)}
             row[name] |= capability(hooks)
         out[kind].append(row)

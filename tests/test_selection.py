@@ -146,3 +146,19 @@ def test_rules_on_the_same_scores(synthetic, data, strict):
     assert torch.nn.functional.cosine_similarity(d.vector, planted, dim=0) > 0.9
     with pytest.raises(SelectionError, match="recorded"):
         strict.direction_for("other")
+
+
+def test_addition_layer_chosen_on_validation(synthetic, data, strict):
+    with pytest.raises(SelectionError, match="addition_layer"):
+        SelectionConfig(addition_layer="test")
+    res = select_direction(synthetic, **data,
+                           config=SelectionConfig(top_k=4, addition_layer="best"),
+                           progress=False)
+    meta = res.direction.meta
+    tried = {int(k): v for k, v in meta["addition_induce"].items()}
+    assert set(tried) == {s.layer for s in res.scores if s.scored}
+    assert tried[res.direction.layer] == res.chosen.induce  # the read layer's own score
+    assert meta["addition_layer"] == max(tried, key=tried.get)
+    assert (res.direction.layer, res.direction.position) == (strict.direction.layer,
+                                                            strict.direction.position)
+    assert "addition_layer" not in strict.direction.meta  # default: add where it was read
