@@ -26,6 +26,7 @@ from refusal_lens.pipeline import default_data, induce_ranking
 from refusal_lens.plots import save_figure, selection_rules_figure
 from refusal_lens.scoring import discover_refusal_tokens
 from refusal_lens.selection import RULES, SelectionConfig, dumps, select_direction
+from refusal_lens.sweeps import evenly_spaced
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -66,7 +67,11 @@ def _validation(sel, rule: str) -> dict:
 def measure(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model = load_model(args.model)
-    data = default_data(model, args.n_train, args.n_val, args.n_test)
+    data = default_data(model, args.n_train, args.n_val)
+    data.harmful_test = evenly_spaced(data.harmful_test, args.n_test)
+    data.harmless_test = evenly_spaced(data.harmless_test, args.n_test)
+    if data.harmless_reference is not None:
+        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n_test)
     fit0 = data.fit(args.seeds[0])
     rt = discover_refusal_tokens(model, fit0.harmful_train[:32], progress=False)
     dirs = Path(args.dirs)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .model import LensModel
 
 __all__ = ["DEFAULT_ALPHAS", "DEFAULT_COEFFICIENTS", "Meter", "check_strengths",
-           "strength_sweep", "sweep_cli"]
+           "evenly_spaced", "strength_sweep", "sweep_cli"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
@@ -43,6 +43,16 @@ DEFAULT_COEFFICIENTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 CE_TOKENS = 64
 #: Seed offset of the random control (apart from the evaluation's and the addition sweep's).
 RANDOM_SEED_OFFSET = 30_000
+
+
+def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` items spread evenly over ``items`` (all of them when ``n >= len(items)``): a
+    subset of an ordered test set (JailbreakBench is sorted by category) that keeps its mix."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    if n >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 def check_strengths(alphas: Sequence[float], coefficients: Sequence[float]) -> None:
@@ -185,7 +195,8 @@ def sweep_cli(argv: Sequence[str] | None = None) -> int:
                    metavar="C", help="addition coefficients (1 = the paper's addition; "
                                      f"default: {' '.join(map(str, DEFAULT_COEFFICIENTS))})")
     p.add_argument("--n", type=int, default=50, metavar="N",
-                   help="held-out test prompts per side (default: 50)")
+                   help="held-out test prompts per side, evenly spaced over each test set "
+                        "(default: 50)")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="T",
                    help="greedy tokens per completion (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
@@ -211,9 +222,11 @@ def sweep_cli(argv: Sequence[str] | None = None) -> int:
 
     model = load_model(a.model)
     direction = Direction.load(a.direction, model=model)
-    data = default_data(model, n_test=a.n)
-    result = strength_sweep(model, direction, data.harmful_test, data.harmless_test, a.alphas,
-                            a.coefficients, data.harmless_reference,
+    data = default_data(model)
+    ref = data.harmless_reference
+    result = strength_sweep(model, direction, evenly_spaced(data.harmful_test, a.n),
+                            evenly_spaced(data.harmless_test, a.n), a.alphas, a.coefficients,
+                            evenly_spaced(ref, a.n) if ref is not None else None,
                             max_new_tokens=a.max_new_tokens, seed=a.seed)
     result |= {"model": model.name, "direction_file": str(a.direction), "data": data.name}
     atomic_write_text(stem.with_suffix(".json"), dumps({"seeds": [result]}))
