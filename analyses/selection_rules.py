@@ -6,7 +6,10 @@ report what each rule's choice does, they choose nothing. For each seed: select 
 train/val prompts (the pipeline's data and settings), save each rule's direction in ``--dirs``
 (``direction-<rule>-seed<s>.safetensors``, read by ``analyses/strength_sweep.py``), then
 evaluate ablation (harmful test prompts) and addition (harmless test prompts) of each distinct
-choice beside norm-matched random directions. Writes figures/selection_rules.{json,html}; with
+choice beside norm-matched random directions. ``--scores`` (a run's ``scores.json`` layout)
+applies both rules to recorded validation scores for the seeds it holds instead of rescoring
+them, refits only the chosen candidates' vectors, and checks the refitted default-rule vector's
+norm against the recorded direction's. Writes figures/selection_rules.{json,html}; with
 that JSON present it only re-renders the figure (``--rerun`` measures again).
 """
 
@@ -20,12 +23,20 @@ import time
 from pathlib import Path
 
 from refusal_lens import load_model
+from refusal_lens.directions import Direction
 from refusal_lens.evaluation import evaluate_baseline, evaluate_direction, summarize
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data, induce_ranking
 from refusal_lens.plots import save_figure, selection_rules_figure
 from refusal_lens.scoring import discover_refusal_tokens
-from refusal_lens.selection import RULES, SelectionConfig, dumps, select_direction
+from refusal_lens.selection import (
+    RULES,
+    SelectionConfig,
+    choose_from_table,
+    dumps,
+    fit_candidates,
+    select_direction,
+)
 from refusal_lens.sweeps import evenly_spaced
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
@@ -42,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")
     p.add_argument("--dirs", default="runs/selection_rules", help="where directions are saved")
     p.add_argument("--out", default="figures/selection_rules")
+    p.add_argument("--scores", default=None, metavar="JSON",
+                   help="recorded validation scores ({'seeds': {seed: {'candidates', "
+                        "'kl_random', 'norm'}}}) to choose from instead of rescoring")
     p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
     args = p.parse_args(argv)
     saved = Path(args.out + ".json")
@@ -62,6 +76,43 @@ def _validation(sel, rule: str) -> dict:
     return {"layer": c.layer, "position": c.position, "bypass": c.bypass, "induce": c.induce,
             "kl": c.kl, "rule_text": pick["rule"], "fallback": pick["fallback"],
             "induce_rank": induce_ranking(sel.table(), c.layer, c.position)}
+
+
+def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict) -> dict:
+    """Both rules' choices from recorded scores, their vectors refitted on ``fit``."""
+    picks = {r: choose_from_table(rec["candidates"], rec["kl_random"], model.n_layers, r)
+             for r in RULES}
+    layers = sorted({p["layer"] for p in picks.values()})
+    positions = sorted({p["position"] for p in picks.values()})
+    fitted = fit_candidates(model, fit.harmful_train, fit.harmless_train, refusal_ids, layers,
+                            positions, SelectionConfig(seed=seed), progress=False)
+    out, table = {}, {(c["layer"], c["position"]): c for c in rec["candidates"]}
+    for rule, p in picks.items():
+        li, pi = layers.index(p["layer"]), positions.index(p["position"])
+        c = table[(p["layer"], p["position"])]
+        out[rule] = Direction(
+            fitted["diffs"][li, pi].clone(), p["layer"], p["position"], model=model.name,
+            dataset_hash=fit.hash(), seed=seed,
+            meta={"bypass": c["bypass"], "induce": c["induce"], "kl": c["kl"], "rule": p["rule"],
+                  "fallback": p["fallback"], "selection_rule": rule, "scores": "recorded"},
+            tensors={"mean_diff": fitted["raw"][li, pi].float().clone(),
+                     "sink_basis": fitted["basis"].float()})
+    paper = out["paper"]
+    if (paper.layer, paper.position) != (rec["layer"], rec["position"]) or \
+            abs(paper.norm / rec["norm"] - 1) > 1e-3:
+        raise SystemExit(f"seed {seed}: the recorded scores do not reproduce the recorded "
+                         f"direction (layer {rec['layer']}, norm {rec['norm']:.4f}; refit: layer "
+                         f"{paper.layer}, norm {paper.norm:.4f}): rescore without --scores.")
+    summary["validation"][str(seed)] = {
+        "recorded": True, "kl_random": rec["kl_random"],
+        "by_rule": {r: {**p, **{k: table[(p["layer"], p["position"])][k]
+                                for k in ("bypass", "induce", "kl")}} for r, p in picks.items()},
+        "scored": [{k: c[k] for k in ("layer", "position", "bypass", "induce", "kl")}
+                   for c in rec["candidates"] if c.get("scored")]}
+    print(f"seed {seed} (recorded scores): " + ", ".join(
+        f"{r} -> layer {p['layer']} pos {p['position']}" for r, p in picks.items()),
+        file=sys.stderr)
+    return out
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -86,9 +137,18 @@ def measure(args: argparse.Namespace) -> dict:
         atomic_write_text(args.out + ".json", dumps(summary))
 
     directions: dict[str, dict[int, object]] = {r: {} for r in RULES}
+    recorded = json.loads(Path(args.scores).read_text())["seeds"] if args.scores else {}
     for seed in args.seeds:
         fit = fit0 if seed == args.seeds[0] else data.fit(seed)
         t = time.perf_counter()
+        if str(seed) in recorded:
+            for rule, d in _from_recorded(model, fit, rt["ids"], recorded[str(seed)], seed,
+                                          summary).items():
+                d.save(dirs / f"direction-{rule}-seed{seed}")
+                directions[rule][seed] = d
+            summary["timing"][f"refit_seed{seed}_s"] = time.perf_counter() - t
+            write()
+            continue
         sel = select_direction(model, fit.harmful_train, fit.harmless_train, fit.harmful_val,
                                fit.harmless_val, rt["ids"], SelectionConfig(seed=seed),
                                dataset_hash=fit.hash(), progress=False)

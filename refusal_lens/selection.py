@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
            "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
-           "dumps", "STRICT_RULE", "RULES", "joint_pick"]
+           "dumps", "STRICT_RULE", "RULES", "joint_pick", "choose_from_table"]
 
 STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
 
@@ -463,6 +463,29 @@ def select_direction(
                            threshold, filtering, baseline, timing, sink,
                            {k: by_rule[k] for k in RULES if k in by_rule},
                            {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top})
+
+
+def choose_from_table(candidates: Sequence[dict[str, Any]], kl_random: float, n_layers: int,
+                      rule: str, config: SelectionConfig | None = None) -> dict[str, Any]:
+    """What ``rule`` chooses from a recorded candidate table (``SelectionResult.table()``, or a
+    run's ``scores.json`` ``candidates``) without rescoring anything: the same filter tiers
+    and pick as :func:`select_direction`. ``None`` scores (strict JSON) count as NaN."""
+    if rule not in RULES:
+        raise SelectionError(f"Unknown selection rule {rule!r}; pick one of {RULES}.")
+    cfg = config or SelectionConfig()
+    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    top = [CandidateScore(int(c["layer"]), int(c["position"]), num(c.get("norm")),
+                          num(c.get("screen_bypass")), num(c["bypass"]), num(c["induce"]),
+                          num(c["kl"]), True)
+           for c in candidates if c.get("scored")]
+    if not top:
+        raise SelectionError("The table has no fully scored candidate ('scored': true).")
+    cut = math.ceil(cfg.max_layer_frac * n_layers)
+    chosen, text, fallback, threshold = _choose(top, cfg, cut, kl_random, [], rule, record=False)
+    if chosen is None:
+        raise SelectionError("No recorded candidate has a finite bypass score.")
+    return {"layer": chosen.layer, "position": chosen.position, "rule": text,
+            "fallback": fallback, "kl_threshold_used": threshold}
 
 
 def joint_pick(passing: Sequence[CandidateScore]) -> CandidateScore:

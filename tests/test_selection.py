@@ -162,3 +162,20 @@ def test_addition_layer_chosen_on_validation(synthetic, data, strict):
     assert (res.direction.layer, res.direction.position) == (strict.direction.layer,
                                                             strict.direction.position)
     assert "addition_layer" not in strict.direction.meta  # default: add where it was read
+
+
+def test_choose_from_a_recorded_table(synthetic, strict):
+    import json
+
+    from refusal_lens.selection import choose_from_table, dumps
+
+    table = json.loads(dumps(strict.to_json()))["candidates"]  # strict JSON: NaN -> null
+    for rule in ("paper", "joint"):
+        pick = choose_from_table(table, strict.kl_random, synthetic.n_layers, rule)
+        want = strict.by_rule[rule]
+        assert (pick["layer"], pick["position"], pick["rule"]) == (
+            want["layer"], want["position"], want["rule"])
+    with pytest.raises(SelectionError, match="scored"):
+        choose_from_table([], 0.1, synthetic.n_layers, "paper")
+    with pytest.raises(SelectionError, match="rule"):
+        choose_from_table(table, 0.1, synthetic.n_layers, "best")
