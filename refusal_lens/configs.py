@@ -71,3 +71,11 @@ GGUF_TYPES: dict[str, tuple[str, str]] = {
 # accelerate's placement strategies accepted as a string device map.
 PLACEMENT_DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+#: Direction selection rules (see :mod:`refusal_lens.selection`); the first is the default.
+SELECTION_RULES = ("paper", "joint")
+
+#: Default strengths of ``refusal-lens sweep`` (see :mod:`refusal_lens.sweeps`): partial-ablation
+#: strengths alpha (1 = full ablation) and addition coefficients (1 = the paper's addition).
+DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+DEFAULT_COEFFICIENTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)

@@ -4,7 +4,8 @@ Arms (greedy completions judged by a pluggable :class:`~refusal_lens.scoring.Jud
 
 * ``baseline`` on harmful and harmless test prompts (once; it does not depend on the direction);
 * ``ablation`` / ``random_ablation``: directional ablation everywhere, harmful prompts;
-* ``addition`` / ``random_addition``: raw vector added at the direction's layer, harmless prompts;
+* ``addition`` / ``random_addition``: raw vector added at the direction's layer (or at
+  ``direction.meta["addition_layer"]`` when selection chose one), harmless prompts;
 * ``orthogonalized`` / ``random_orthogonalized``: weight orthogonalization, harmful prompts.
 
 Capability: cross-entropy of harmless reference text (the datasets' answers, else the
@@ -260,8 +261,8 @@ def evaluate_direction(
             return arm
         one_arm(name, ablate)
     for name, vec in (("addition", direction.vector), ("random_addition", rand)):
-        one_arm(name, lambda: _arm(model, name, "harmless", harmless,
-                                addition_hooks(model, vec, direction.layer), **kw))
+        one_arm(name, lambda: _arm(model, name, "harmless", harmless, addition_hooks(
+            model, vec, direction.meta.get("addition_layer", direction.layer)), **kw))
     notes: list[str] = []
     if orthogonalized:
         try:

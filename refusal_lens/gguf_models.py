@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from . import fetch
 from .embedded import SOURCE_FILE, dequantize_gguf, file_sha256, models_dir, publish_dir

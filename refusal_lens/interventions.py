@@ -66,17 +66,28 @@ def ablation_hooks(
     direction: VectorLike,
     layers: Sequence[int] | None = None,
     points: Sequence[str] = ABLATION_POINTS,
+    strength: float = 1.0,
 ) -> HookList:
     """Directional ablation: project the unit direction out at every layer and position.
 
     A ``(k, d_model)`` tensor ablates ``k`` directions at once, one per group of rows: the
     batch must then be ``k`` consecutive copies of the same prompts (used to score many
     candidates in one pass; see :func:`refusal_lens.runner.forward`'s ``groups``).
+
+    ``strength`` (``alpha >= 0``; 1 = full ablation) removes that fraction of the component,
+    ``x - alpha (x . u) u``: projecting off ``sqrt(alpha) u`` computes exactly that, so partial
+    ablation keeps the plain-module path.
     """
+    if (isinstance(strength, bool) or not isinstance(strength, (int, float))
+            or not math.isfinite(strength) or strength < 0):
+        raise InputError(f"strength must be a finite number >= 0 (1 = full ablation), got "
+                         f"{strength!r}.")
     if isinstance(direction, Tensor) and direction.dim() == 2:
         unit = torch.stack([unit_vector(_as_vector(v, model)) for v in direction])
     else:
         unit = unit_vector(_as_vector(direction, model))
+    if strength != 1.0:
+        unit = unit * math.sqrt(strength)
     layers = range(model.n_layers) if layers is None else _check_layers(model, layers)
     if isinstance(points, str) or not points:
         raise InputError(f"points must be a list of hook points such as {list(ABLATION_POINTS)}"

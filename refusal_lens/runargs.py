@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .cli import add_model_option, add_placement_args
+from .configs import SELECTION_RULES
 from .errors import InputError
 
 if TYPE_CHECKING:  # torch-heavy: imported where used, so `refusal-lens run --help` is fast
@@ -91,6 +92,10 @@ def parse_run_args(argv: Sequence[str] | None = None,
                    help="project candidates off the first token's residual subspace holding "
                         "this fraction of its energy, in [0, 1) (default: 0.95; 0 = the "
                         "paper's exact vectors)")
+    p.add_argument("--selection-rule", choices=SELECTION_RULES, default=None,
+                   help="how the direction is chosen among candidates passing the filters: "
+                        "'paper' (lowest bypass score; default) or 'joint' (best worse-of-two "
+                        "rank by bypass and induce scores on the validation prompts)")
     p.add_argument("--direction", default=None, metavar="PATH",
                    help="a direction saved with Direction.save() (.safetensors): skip fitting "
                         "and selection and evaluate this one")
@@ -116,10 +121,11 @@ def parse_run_args(argv: Sequence[str] | None = None,
         value = getattr(a, name)
         if value is not None:  # given values are used (or refused), never replaced
             kw[name] = tuple(value) if name == "seeds" else value
-    if a.sink_energy is not None:
+    if a.sink_energy is not None or a.selection_rule is not None:
         from .selection import SelectionConfig
 
-        kw["selection"] = SelectionConfig(sink_energy=a.sink_energy,
-                                          batch_size=kw.get("batch_size", 32))
+        given = {k: v for k, v in (("sink_energy", a.sink_energy), ("rule", a.selection_rule))
+                 if v is not None}
+        kw["selection"] = SelectionConfig(batch_size=kw.get("batch_size", 32), **given)
     kw["placement"] = placement
     return a, kw

@@ -26,6 +26,19 @@ has a huge residual norm any ablation costs a lot of KL). If still none pass, th
 dropped; then the induce filter too. The rule used is recorded in ``SelectionResult.rule`` and
 ``fallback`` is set.
 
+Selection rules (``SelectionConfig.rule``, fixed here before any test measurement):
+
+* ``paper`` (default): the paper's rule, lowest ``bypass`` among the candidates of the first
+  filter tier that has any;
+* ``joint``: the same filter tiers, but among that tier's candidates the one whose *worse*
+  rank is best, ranking by ``bypass`` (ascending) and by ``induce`` (descending) within the
+  tier; ties go to the lower bypass. The paper's rule optimises removing refusal only (its one
+  test of addition is ``induce > 0``); ``joint`` asks a candidate to be good at both uses, on
+  validation prompts only.
+
+Both rules see the same scores, so ``SelectionResult.by_rule`` records what each would choose
+and :meth:`SelectionResult.direction_for` builds the other rule's direction without rescoring.
+
 Attention-sink protection (``sink_energy``, default 0.95; 0 gives the paper's exact vectors):
 every candidate is projected off the subspace of the first token's residuals before it is
 scored (:mod:`refusal_lens.sinks`), and the random controls are drawn off it too. Ablating a
@@ -46,6 +59,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .activations import ActivationError, iter_batches
+from .configs import SELECTION_RULES
 from .console import progress_bar
 from .directions import Direction, random_like
 from .interventions import ablation_hooks, addition_hooks
@@ -59,9 +73,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
            "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
-           "dumps", "STRICT_RULE"]
+           "dumps", "STRICT_RULE", "RULES", "joint_pick", "choose_from_table"]
 
 STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
+
+
+#: The selection rules (see the module docstring); the first is the default.
+RULES = SELECTION_RULES
 
 
 class SelectionError(ValueError):
@@ -84,6 +102,19 @@ class SelectionConfig:
     sink_energy: float = 0.95
     #: candidates ablated together in one batched pass (same results, fewer passes)
     group: int = 8
+    #: how the candidate is chosen among those passing the filters: one of :data:`RULES`
+    rule: str = "paper"
+    #: where the chosen vector is added: "read" (its own layer, the paper) or "best" (the layer
+    #: of any fully scored candidate where adding it gives the highest induce score on the
+    #: validation prompts; recorded as ``Direction.meta["addition_layer"]``)
+    addition_layer: str = "read"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise SelectionError(f"Unknown selection rule {self.rule!r}; pick one of {RULES}.")
+        if self.addition_layer not in ("read", "best"):
+            raise SelectionError(f"addition_layer must be 'read' or 'best', got "
+                                 f"{self.addition_layer!r}.")
 
 
 @dataclass
@@ -118,6 +149,30 @@ class SelectionResult:
     sink: dict[str, Any] = field(default_factory=dict)
     #: every layer's candidate vector at the chosen position (for the per-layer logit lens)
     layer_vectors: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    #: rule name -> what that rule chooses from the same scores (layer, position, rule text)
+    by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the fully scored candidates' vectors (what :meth:`direction_for` builds from)
+    vectors: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+
+    def direction_for(self, rule: str) -> Direction:
+        """The direction ``rule`` chooses from these scores (the chosen one for its own rule)."""
+        if rule not in self.by_rule:
+            raise SelectionError(f"No choice recorded for rule {rule!r}; recorded: "
+                                 f"{sorted(self.by_rule)}.")
+        pick = self.by_rule[rule]
+        key = (pick["layer"], pick["position"])
+        if key == (self.direction.layer, self.direction.position):
+            return self.direction
+        s = next(c for c in self.scores if (c.layer, c.position) == key)
+        d = self.direction
+        return Direction(self.vectors[key].clone(), s.layer, s.position, model=d.model,
+                         dataset_hash=d.dataset_hash, seed=d.seed,
+                         meta={**{k: v for k, v in d.meta.items()
+                                  if k not in ("addition_layer", "addition_induce")},
+                               "bypass": s.bypass, "induce": s.induce, "kl": s.kl,
+                               "rule": pick["rule"], "fallback": pick["fallback"],
+                               "selection_rule": rule},
+                         tensors={k: v for k, v in d.tensors.items() if k != "mean_diff"})
 
     @property
     def chosen(self) -> CandidateScore:
@@ -133,7 +188,8 @@ class SelectionResult:
                 "refusal_token_ids": self.refusal_token_ids, "kl_random": self.kl_random,
                 "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
                 "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
-                "chosen": asdict(self.chosen), "candidates": self.table()}
+                "chosen": asdict(self.chosen), "by_rule": self.by_rule,
+                "candidates": self.table()}
 
     def to_csv(self) -> str:
         cols = ["layer", "position", "norm", "screen_bypass", "bypass", "induce", "kl", "scored",
@@ -377,7 +433,15 @@ def select_direction(
     kl_random = float(sum(kls[len(top):]) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()
 
-    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes)
+    by_rule = {}
+    for name in RULES:  # every rule on the same scores; reasons and notes once (own rule)
+        if name == cfg.rule:
+            continue
+        other, o_rule, o_fb, _ = _choose(top, cfg, cut, kl_random, [], name, record=False)
+        if other is not None:
+            by_rule[name] = {"layer": other.layer, "position": other.position, "rule": o_rule,
+                             "fallback": o_fb}
+    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes, cfg.rule)
     if chosen is None:
         raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
     li, pi = layers.index(chosen.layer), positions.index(chosen.position)
@@ -390,17 +454,64 @@ def select_direction(
               "rule": rule, "fallback": fallback, "kl_random": kl_random, "sink": sink},
         tensors={"mean_diff": raw[li, pi].float().clone(), "sink_basis": basis.float()},
     )
+    if cfg.rule != "paper":
+        direction.meta["selection_rule"] = cfg.rule
+    if cfg.addition_layer == "best":  # validation prompts only, like every other score
+        tried = {chosen.layer: chosen.induce}
+        for layer in sorted({s.layer for s in top} - {chosen.layer}):
+            tried[layer] = induce(vec_of[(chosen.layer, chosen.position)], layer)
+        direction.meta["addition_layer"] = max(tried, key=lambda l: (tried[l], l == chosen.layer))
+        direction.meta["addition_induce"] = {str(l): v for l, v in sorted(tried.items())}
+    by_rule[cfg.rule] = {"layer": chosen.layer, "position": chosen.position, "rule": rule,
+                         "fallback": fallback}
     timing = {"fit_s": t_fit - t0, "screen_s": t_screen - t_fit, "score_s": t_score - t_screen}
     return SelectionResult(direction, scores, rule, fallback, notes, list(refusal_ids), kl_random,
                            threshold, filtering, baseline, timing, sink,
-                           {l: diffs[i, pi].float().clone() for i, l in enumerate(layers)})
+                           {l: diffs[i, pi].float().clone() for i, l in enumerate(layers)},
+                           {k: by_rule[k] for k in RULES if k in by_rule},
+                           {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top})
+
+
+def choose_from_table(candidates: Sequence[dict[str, Any]], kl_random: float, n_layers: int,
+                      rule: str, config: SelectionConfig | None = None) -> dict[str, Any]:
+    """What ``rule`` chooses from a recorded candidate table (``SelectionResult.table()``, or a
+    run's ``scores.json`` ``candidates``) without rescoring anything: the same filter tiers
+    and pick as :func:`select_direction`. ``None`` scores (strict JSON) count as NaN."""
+    if rule not in RULES:
+        raise SelectionError(f"Unknown selection rule {rule!r}; pick one of {RULES}.")
+    cfg = config or SelectionConfig()
+    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    top = [CandidateScore(int(c["layer"]), int(c["position"]), num(c.get("norm")),
+                          num(c.get("screen_bypass")), num(c["bypass"]), num(c["induce"]),
+                          num(c["kl"]), True)
+           for c in candidates if c.get("scored")]
+    if not top:
+        raise SelectionError("The table has no fully scored candidate ('scored': true).")
+    cut = math.ceil(cfg.max_layer_frac * n_layers)
+    chosen, text, fallback, threshold = _choose(top, cfg, cut, kl_random, [], rule, record=False)
+    if chosen is None:
+        raise SelectionError("No recorded candidate has a finite bypass score.")
+    return {"layer": chosen.layer, "position": chosen.position, "rule": text,
+            "fallback": fallback, "kl_threshold_used": threshold}
+
+
+def joint_pick(passing: Sequence[CandidateScore]) -> CandidateScore:
+    """The ``joint`` rule's choice: the best worse-of-two rank, bypass ranked ascending and
+    induce descending within ``passing`` (rank 1 = best); ties go to the lower bypass."""
+    if not passing:
+        raise SelectionError("joint_pick needs at least one candidate.")
+    by_b = {id(s): 1 + sum(o.bypass < s.bypass for o in passing) for s in passing}
+    by_i = {id(s): 1 + sum(o.induce > s.induce for o in passing) for s in passing}
+    return min(passing, key=lambda s: (max(by_b[id(s)], by_i[id(s)]), s.bypass))
 
 
 def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,
-            notes: list[str]) -> tuple[CandidateScore | None, str, bool, float]:
-    """Apply the strict filters, then the documented relaxations, recording discard reasons."""
+            notes: list[str], rule_name: str = "paper", record: bool = True
+            ) -> tuple[CandidateScore | None, str, bool, float]:
+    """Apply the strict filters, then the documented relaxations, recording discard reasons
+    (``record``); within the first tier that has candidates, pick by ``rule_name``."""
     finite = [s for s in top if all(math.isfinite(v) for v in (s.bypass, s.induce, s.kl))]
-    for s in top:
+    for s in (top if record else ()):
         if s not in finite:
             s.discarded.append("NaN score")
         if s.layer >= cut:
@@ -421,10 +532,13 @@ def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random
         ("no KL filter: induce > 0; lowest bypass", math.inf, lambda s: s.induce > 0),
         ("bypass only: lowest bypass among finite candidates", math.inf, lambda s: True),
     ]
+    pick = joint_pick if rule_name == "joint" else (lambda c: min(c, key=lambda s: s.bypass))
     for i, (rule, threshold, ok) in enumerate(tiers):
         passing = [s for s in finite if ok(s)]
         if passing:
-            best = min(passing, key=lambda s: s.bypass)
+            best = pick(passing)
+            if rule_name == "joint":
+                rule = rule.replace("lowest bypass", "best worse-of-two rank (bypass, induce)")
             if i > 0:
                 notes.append(f"all {len(top)} scored candidates failed the strict filters "
                              f"(KL <= {cfg.kl_threshold:g}, induce > 0); chose by fallback rule "

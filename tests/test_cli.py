@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # every command path that has its own parser (subcommands of subcommands included)
 COMMANDS = [[], ["run"], ["export"], ["info"], ["data"], ["data", "fetch"], ["organism"],
             ["organism", "train"], ["organism", "eval"], ["suffix"], ["suffix", "search"],
-            ["suffix", "random"], ["model"], ["model", "fetch"], ["model", "list"]]
+            ["suffix", "random"], ["model"], ["model", "fetch"], ["model", "list"], ["sweep"]]
 MARKUP = re.compile(r":\w+:`|``|`[^`\s]+`_")  # Sphinx roles, literals, links
 
 

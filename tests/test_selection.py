@@ -84,3 +84,98 @@ def test_grouped_scoring_equals_one_candidate_at_a_time(synthetic, data, strict)
     assert abs(one.kl_random - strict.kl_random) < 1e-5
     with pytest.raises(SelectionError, match="group"):
         select_direction(synthetic, **data, config=SelectionConfig(group=0), progress=False)
+
+
+def _cand(layer, bypass, induce, kl=0.0):
+    from refusal_lens.selection import CandidateScore
+
+    return CandidateScore(layer, -1, 1.0, bypass=bypass, induce=induce, kl=kl, scored=True)
+
+
+def test_joint_pick_maximises_the_worse_rank():
+    from refusal_lens.selection import joint_pick
+
+    a = _cand(1, bypass=-5.0, induce=0.5)  # best bypass, worst induce: worse rank 3
+    b = _cand(2, bypass=-4.0, induce=2.0)  # ranks 2 and 2: worse rank 2
+    c = _cand(3, bypass=-1.0, induce=3.0)  # best induce, worst bypass: worse rank 3
+    assert joint_pick([a, b, c]) is b
+    assert min([a, b, c], key=lambda s: s.bypass) is a  # what the paper's rule takes
+    d = _cand(4, bypass=-4.5, induce=2.0)  # now d ties b on induce and beats it on bypass
+    assert joint_pick([a, b, c, d]) is d
+    assert joint_pick([c]) is c
+    with pytest.raises(SelectionError):
+        joint_pick([])
+
+
+def test_joint_rule_keeps_the_fallback_chain(synthetic):
+    """Both rules pick within the first filter tier that has candidates: a candidate failing
+    the KL filter is never taken by 'joint' while another passes it."""
+    from refusal_lens.selection import _choose
+
+    cfg = SelectionConfig(kl_threshold=0.1)
+    good = _cand(1, bypass=-1.0, induce=0.5, kl=0.05)
+    loud = _cand(2, bypass=-9.0, induce=9.0, kl=5.0)  # best at both, fails KL
+    for rule in ("paper", "joint"):
+        chosen, text, fallback, _ = _choose([good, loud], cfg, 3, 0.01, [], rule, record=False)
+        assert chosen is good and not fallback, rule
+    chosen, text, fallback, _ = _choose([loud], cfg, 3, 0.01, [], "joint", record=False)
+    assert chosen is loud and fallback and "worse-of-two" in text
+
+
+def test_rules_on_the_same_scores(synthetic, data, strict):
+    assert SelectionConfig().rule == "paper"
+    with pytest.raises(SelectionError, match="joint"):
+        SelectionConfig(rule="best")
+    assert set(strict.by_rule) == {"paper", "joint"}
+    paper = strict.by_rule["paper"]
+    assert (paper["layer"], paper["position"]) == (strict.direction.layer,
+                                                   strict.direction.position)
+    assert "selection_rule" not in strict.direction.meta  # the default path is unchanged
+    joint = select_direction(synthetic, **data, config=SelectionConfig(top_k=4, rule="joint"),
+                             progress=False)
+    # the same scores, the other rule recorded; direction_for rebuilds it without rescoring
+    assert joint.by_rule == strict.by_rule
+    for a, b in zip(joint.scores, strict.scores):
+        assert (a.bypass, a.induce, a.kl) == (b.bypass, b.induce, b.kl) or a.bypass != a.bypass
+    d = strict.direction_for("joint")
+    assert (d.layer, d.position) == (joint.direction.layer, joint.direction.position)
+    assert torch.equal(d.vector, joint.direction.vector)
+    passing = [s for s in strict.scores if s.scored and not s.discarded]
+    assert strict.chosen is min(passing, key=lambda s: s.bypass)
+    planted = synthetic.info["synthetic"].direction.double()
+    assert torch.nn.functional.cosine_similarity(d.vector, planted, dim=0) > 0.9
+    with pytest.raises(SelectionError, match="recorded"):
+        strict.direction_for("other")
+
+
+def test_addition_layer_chosen_on_validation(synthetic, data, strict):
+    with pytest.raises(SelectionError, match="addition_layer"):
+        SelectionConfig(addition_layer="test")
+    res = select_direction(synthetic, **data,
+                           config=SelectionConfig(top_k=4, addition_layer="best"),
+                           progress=False)
+    meta = res.direction.meta
+    tried = {int(k): v for k, v in meta["addition_induce"].items()}
+    assert set(tried) == {s.layer for s in res.scores if s.scored}
+    assert tried[res.direction.layer] == res.chosen.induce  # the read layer's own score
+    assert meta["addition_layer"] == max(tried, key=tried.get)
+    assert (res.direction.layer, res.direction.position) == (strict.direction.layer,
+                                                            strict.direction.position)
+    assert "addition_layer" not in strict.direction.meta  # default: add where it was read
+
+
+def test_choose_from_a_recorded_table(synthetic, strict):
+    import json
+
+    from refusal_lens.selection import choose_from_table, dumps
+
+    table = json.loads(dumps(strict.to_json()))["candidates"]  # strict JSON: NaN -> null
+    for rule in ("paper", "joint"):
+        pick = choose_from_table(table, strict.kl_random, synthetic.n_layers, rule)
+        want = strict.by_rule[rule]
+        assert (pick["layer"], pick["position"], pick["rule"]) == (
+            want["layer"], want["position"], want["rule"])
+    with pytest.raises(SelectionError, match="scored"):
+        choose_from_table([], 0.1, synthetic.n_layers, "paper")
+    with pytest.raises(SelectionError, match="rule"):
+        choose_from_table(table, 0.1, synthetic.n_layers, "best")

@@ -1,0 +1,206 @@
+"""Selection rules on held-out test prompts: the paper's rule (lowest bypass) against the joint
+rule (best worse-of-two rank by bypass and induce), both applied to the same validation scores.
+
+Both rules were fixed in ``refusal_lens.selection`` before this was run; the test prompts only
+report what each rule's choice does, they choose nothing. For each seed: select on that seed's
+train/val prompts (the pipeline's data and settings), save each rule's direction in ``--dirs``
+(``direction-<rule>-seed<s>.safetensors``, read by ``analyses/strength_sweep.py``), then
+evaluate ablation (harmful test prompts) and addition (harmless test prompts) of each distinct
+choice beside norm-matched random directions. ``--scores`` (a run's ``scores.json`` layout)
+applies both rules to recorded validation scores for the seeds it holds instead of rescoring
+them, refits only the chosen candidates' vectors, and checks the refitted default-rule vector's
+norm against the recorded direction's. Writes figures/selection_rules.{json,html}; with
+that JSON present it only re-renders the figure (``--rerun`` measures again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from refusal_lens import load_model
+from refusal_lens.directions import Direction
+from refusal_lens.evaluation import evaluate_baseline, evaluate_direction, summarize
+from refusal_lens.paths import atomic_write_text
+from refusal_lens.pipeline import default_data, induce_ranking
+from refusal_lens.plots import save_figure, selection_rules_figure
+from refusal_lens.scoring import discover_refusal_tokens
+from refusal_lens.selection import (
+    RULES,
+    SelectionConfig,
+    choose_from_table,
+    dumps,
+    fit_candidates,
+    select_direction,
+)
+from refusal_lens.sweeps import evenly_spaced
+
+FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--n-train", type=int, default=32 if FAST else 128)
+    p.add_argument("--n-val", type=int, default=8 if FAST else 32)
+    p.add_argument("--n-test", type=int, default=16 if FAST else 100,
+                   help="held-out test prompts per side")
+    p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")
+    p.add_argument("--dirs", default="runs/selection_rules", help="where directions are saved")
+    p.add_argument("--out", default="figures/selection_rules")
+    p.add_argument("--scores", default=None, metavar="JSON",
+                   help="recorded validation scores ({'seeds': {seed: {'candidates', "
+                        "'kl_random', 'norm'}}}) to choose from instead of rescoring")
+    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
+    args = p.parse_args(argv)
+    saved = Path(args.out + ".json")
+    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
+               else measure(args))
+    fig = selection_rules_figure(summary["rules"], title=(
+        f"Selection rules on held-out prompts<br><sup>{summary['model']}; seeds "
+        f"{summary['seeds']}; {summary['n_test']} + {summary['n_test']} test prompts, "
+        f"{summary['new_tokens']} greedy tokens; pooled over seeds, 95% CI</sup>"))
+    for path in save_figure(fig, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _validation(sel, rule: str) -> dict:
+    pick = sel.by_rule[rule]
+    c = next(s for s in sel.scores if (s.layer, s.position) == (pick["layer"], pick["position"]))
+    return {"layer": c.layer, "position": c.position, "bypass": c.bypass, "induce": c.induce,
+            "kl": c.kl, "rule_text": pick["rule"], "fallback": pick["fallback"],
+            "induce_rank": induce_ranking(sel.table(), c.layer, c.position)}
+
+
+def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict) -> dict:
+    """Both rules' choices from recorded scores, their vectors refitted on ``fit``."""
+    picks = {r: choose_from_table(rec["candidates"], rec["kl_random"], model.n_layers, r)
+             for r in RULES}
+    layers = sorted({p["layer"] for p in picks.values()})
+    positions = sorted({p["position"] for p in picks.values()})
+    fitted = fit_candidates(model, fit.harmful_train, fit.harmless_train, refusal_ids, layers,
+                            positions, SelectionConfig(seed=seed), progress=False)
+    out, table = {}, {(c["layer"], c["position"]): c for c in rec["candidates"]}
+    for rule, p in picks.items():
+        li, pi = layers.index(p["layer"]), positions.index(p["position"])
+        c = table[(p["layer"], p["position"])]
+        out[rule] = Direction(
+            fitted["diffs"][li, pi].clone(), p["layer"], p["position"], model=model.name,
+            dataset_hash=fit.hash(), seed=seed,
+            meta={"bypass": c["bypass"], "induce": c["induce"], "kl": c["kl"], "rule": p["rule"],
+                  "fallback": p["fallback"], "selection_rule": rule, "scores": "recorded"},
+            tensors={"mean_diff": fitted["raw"][li, pi].float().clone(),
+                     "sink_basis": fitted["basis"].float()})
+    paper = out["paper"]
+    if (paper.layer, paper.position) != (rec["layer"], rec["position"]) or \
+            abs(paper.norm / rec["norm"] - 1) > 1e-3:
+        raise SystemExit(f"seed {seed}: the recorded scores do not reproduce the recorded "
+                         f"direction (layer {rec['layer']}, norm {rec['norm']:.4f}; refit: layer "
+                         f"{paper.layer}, norm {paper.norm:.4f}): rescore without --scores.")
+    summary["validation"][str(seed)] = {
+        "recorded": True, "kl_random": rec["kl_random"],
+        "by_rule": {r: {**p, **{k: table[(p["layer"], p["position"])][k]
+                                for k in ("bypass", "induce", "kl")}} for r, p in picks.items()},
+        "scored": [{k: c[k] for k in ("layer", "position", "bypass", "induce", "kl")}
+                   for c in rec["candidates"] if c.get("scored")]}
+    print(f"seed {seed} (recorded scores): " + ", ".join(
+        f"{r} -> layer {p['layer']} pos {p['position']}" for r, p in picks.items()),
+        file=sys.stderr)
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    data = default_data(model, args.n_train, args.n_val)
+    data.harmful_test = evenly_spaced(data.harmful_test, args.n_test)
+    data.harmless_test = evenly_spaced(data.harmless_test, args.n_test)
+    if data.harmless_reference is not None:
+        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n_test)
+    fit0 = data.fit(args.seeds[0])
+    rt = discover_refusal_tokens(model, fit0.harmful_train[:32], progress=False)
+    dirs = Path(args.dirs)
+    dirs.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"model": model.name, "seeds": args.seeds, "n_test": args.n_test,
+                     "n_train": args.n_train, "n_val": args.n_val, "new_tokens": args.tokens,
+                     "refusal_tokens": rt["tokens"], "validation": {}, "rules": {},
+                     "timing": {}}
+
+    def write() -> None:
+        summary["timing"]["total_s"] = time.perf_counter() - t0
+        atomic_write_text(args.out + ".json", dumps(summary))
+
+    directions: dict[str, dict[int, object]] = {r: {} for r in RULES}
+    recorded = json.loads(Path(args.scores).read_text())["seeds"] if args.scores else {}
+    for seed in args.seeds:
+        fit = fit0 if seed == args.seeds[0] else data.fit(seed)
+        t = time.perf_counter()
+        if str(seed) in recorded:
+            for rule, d in _from_recorded(model, fit, rt["ids"], recorded[str(seed)], seed,
+                                          summary).items():
+                d.save(dirs / f"direction-{rule}-seed{seed}")
+                directions[rule][seed] = d
+            summary["timing"][f"refit_seed{seed}_s"] = time.perf_counter() - t
+            write()
+            continue
+        sel = select_direction(model, fit.harmful_train, fit.harmless_train, fit.harmful_val,
+                               fit.harmless_val, rt["ids"], SelectionConfig(seed=seed),
+                               dataset_hash=fit.hash(), progress=False)
+        summary["timing"][f"select_seed{seed}_s"] = time.perf_counter() - t
+        summary["validation"][str(seed)] = {
+            "by_rule": {r: _validation(sel, r) for r in RULES},
+            "scored": [{k: s[k] for k in ("layer", "position", "bypass", "induce", "kl")}
+                       for s in sel.table() if s["scored"]],
+            "kl_random": sel.kl_random}
+        for rule in RULES:
+            d = sel.direction_for(rule)
+            d.save(dirs / f"direction-{rule}-seed{seed}")
+            directions[rule][seed] = d
+        print(f"seed {seed}: " + ", ".join(f"{r} -> layer {v['layer']} pos {v['position']}"
+                                          for r, v in sel.by_rule.items()), file=sys.stderr)
+        write()
+    t = time.perf_counter()
+    base = evaluate_baseline(model, data.harmful_test, data.harmless_test,
+                             max_new_tokens=args.tokens, progress=False,
+                             harmless_reference=data.harmless_reference, gen_batch_size=64)
+    summary["timing"]["baseline_s"] = time.perf_counter() - t
+    summary["baseline_flags"] = {"harmful": base.harmful.flags, "harmless": base.harmless.flags}
+    summary["harmful_test"] = list(data.harmful_test)
+    # the joint rule first (the question asked of it), then the paper's rule; a choice both
+    # rules share is evaluated once
+    done: dict[tuple[int, int, int], dict] = {}
+    for rule in ("joint", "paper"):
+        per_seed = []
+        for seed in args.seeds:
+            d = directions[rule][seed]
+            key = (seed, d.layer, d.position)
+            if key not in done:
+                t = time.perf_counter()
+                done[key] = evaluate_direction(model, d, base, seed, max_new_tokens=args.tokens,
+                                               orthogonalized=False, progress=False,
+                                               gen_batch_size=64)
+                summary["timing"][f"evaluate_{rule}_seed{seed}_s"] = time.perf_counter() - t
+            per_seed.append(done[key])
+        s = summarize(base, per_seed)
+        summary["rules"][rule] = {
+            "rates": s["rates"], "capability": s["capability"], "verdict": s["verdict"],
+            "targets": s["targets"],
+            "seeds": [{"seed": x["seed"], "rates": {k: v["rate"] for k, v in x["rates"].items()},
+                       "capability": x["capability"],
+                       "flags": {a.name: a.flags for a in done[(x["seed"],
+                                 directions[rule][x["seed"]].layer,
+                                 directions[rule][x["seed"]].position)]["arms"]},
+                       "layer": directions[rule][x["seed"]].layer,
+                       "position": directions[rule][x["seed"]].position} for x in s["seeds"]]}
+        write()
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
