@@ -32,7 +32,7 @@ from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
 from refusal_lens.plots import pareto_figure, save_figure
 from refusal_lens.selection import RULES, dumps
-from refusal_lens.sweeps import evenly_spaced, Meter
+from refusal_lens.sweeps import Meter
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -87,11 +87,7 @@ def _weights(seed_result: dict) -> LayerWeights:
 
 def measure(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
-    data = default_data(model, args.n_train, args.n_val)
-    data.harmful_test = evenly_spaced(data.harmful_test, args.n)
-    data.harmless_test = evenly_spaced(data.harmless_test, args.n)
-    if data.harmless_reference is not None:
-        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n)
+    data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n)
     summary = {"model": model.name, "rule": args.rule, "seeds": []}
     for seed in args.seeds:
         d = Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{seed}", model=model)

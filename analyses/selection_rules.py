@@ -37,7 +37,6 @@ from refusal_lens.selection import (
     fit_candidates,
     select_direction,
 )
-from refusal_lens.sweeps import evenly_spaced
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -118,11 +117,7 @@ def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict)
 def measure(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model = load_model(args.model)
-    data = default_data(model, args.n_train, args.n_val)
-    data.harmful_test = evenly_spaced(data.harmful_test, args.n_test)
-    data.harmless_test = evenly_spaced(data.harmless_test, args.n_test)
-    if data.harmless_reference is not None:
-        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n_test)
+    data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n_test)
     fit0 = data.fit(args.seeds[0])
     rt = discover_refusal_tokens(model, fit0.harmful_train[:32], progress=False)
     dirs = Path(args.dirs)

@@ -25,7 +25,7 @@ from refusal_lens.pipeline import default_data
 from refusal_lens.plots import save_figure, strength_sweep_figure
 from refusal_lens.selection import RULES, dumps
 from refusal_lens.configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
-from refusal_lens.sweeps import evenly_spaced, strength_sweep
+from refusal_lens.sweeps import strength_sweep
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -63,11 +63,7 @@ def measure(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
     directions = {s: Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{s}",
                                     model=model) for s in args.seeds}
-    data = default_data(model)
-    data.harmful_test = evenly_spaced(data.harmful_test, args.n)
-    data.harmless_test = evenly_spaced(data.harmless_test, args.n)
-    if data.harmless_reference is not None:
-        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n)
+    data = default_data(model).evenly_spaced(args.n)
     summary = {"model": model.name, "rule": args.rule, "seeds": []}
     for seed, d in directions.items():
         t = time.perf_counter()

@@ -24,7 +24,6 @@ from refusal_lens.pipeline import default_data
 from refusal_lens.plots import save_figure, subspace_figure
 from refusal_lens.selection import RULES, dumps
 from refusal_lens.subspace import refusal_subspace, subspace_sweep
-from refusal_lens.sweeps import evenly_spaced
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -59,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
-    data = default_data(model, args.n_train, args.n_val)
-    data.harmful_test = evenly_spaced(data.harmful_test, args.n)
-    data.harmless_test = evenly_spaced(data.harmless_test, args.n)
-    if data.harmless_reference is not None:
-        data.harmless_reference = evenly_spaced(data.harmless_reference, args.n)
+    data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n)
     summary = {"model": model.name, "rule": args.rule, "seeds": []}
     for seed in args.seeds:
         t = time.perf_counter()

@@ -344,6 +344,16 @@ def load_pools() -> tuple[list[Record], list[Record]]:
     return load_jsonl(data_dir() / "harmful.jsonl"), load_jsonl(data_dir() / "harmless.jsonl")
 
 
+def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` items spread evenly over ``items`` (all of them when ``n >= len(items)``): a
+    subset of an ordered test set (JailbreakBench is sorted by category) that keeps its mix."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    if n >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
+
+
 @dataclass
 class Splits:
     """Instruction splits (lists of strings); ``records[name]`` keeps categories and sources."""

@@ -64,6 +64,20 @@ class ExperimentData:
     # the category of each ``harmful_test`` prompt (``None``: the data has no categories)
     harmful_categories: list[str] | None = None
 
+    def evenly_spaced(self, n: int) -> "ExperimentData":
+        """A copy whose test sets keep ``n`` prompts per side, spread evenly over each (see
+        :func:`refusal_lens.datasets.evenly_spaced`), with references and categories kept
+        aligned to their prompts."""
+        from .datasets import evenly_spaced
+
+        def cut(items: list | None) -> list | None:
+            return None if items is None else evenly_spaced(items, n)
+
+        return replace(self, harmful_test=cut(self.harmful_test),
+                       harmless_test=cut(self.harmless_test),
+                       harmless_reference=cut(self.harmless_reference),
+                       harmful_categories=cut(self.harmful_categories))
+
 
 def _draw(pool: Sequence[str], n: int, seed: int, side: str) -> list[str]:
     if len(pool) < n:

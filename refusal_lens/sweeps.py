@@ -35,22 +35,12 @@ if TYPE_CHECKING:
     from .model import LensModel
 
 __all__ = ["Meter", "check_strengths",
-           "evenly_spaced", "strength_sweep", "sweep_command"]
+           "strength_sweep", "sweep_command"]
 
 #: Tokens of each harmless reference answer scored by the cross-entropy check.
 CE_TOKENS = 64
 #: Seed offset of the random control (apart from the evaluation's and the addition sweep's).
 RANDOM_SEED_OFFSET = 30_000
-
-
-def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
-    """``n`` items spread evenly over ``items`` (all of them when ``n >= len(items)``): a
-    subset of an ordered test set (JailbreakBench is sorted by category) that keeps its mix."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}.")
-    if n >= len(items):
-        return list(items)
-    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 def check_strengths(alphas: Sequence[float], coefficients: Sequence[float]) -> None:
@@ -192,11 +182,9 @@ def sweep_command(a: Any) -> int:
 
     model = load_model(a.model)
     direction = Direction.load(a.direction, model=model)
-    data = default_data(model)
-    ref = data.harmless_reference
-    result = strength_sweep(model, direction, evenly_spaced(data.harmful_test, a.n),
-                            evenly_spaced(data.harmless_test, a.n), a.alphas, a.coefficients,
-                            evenly_spaced(ref, a.n) if ref is not None else None,
+    data = default_data(model).evenly_spaced(a.n)
+    result = strength_sweep(model, direction, data.harmful_test, data.harmless_test, a.alphas,
+                            a.coefficients, data.harmless_reference,
                             max_new_tokens=a.max_new_tokens, seed=a.seed)
     result |= {"model": model.name, "direction_file": str(a.direction), "data": data.name}
     atomic_write_text(stem.with_suffix(".json"), dumps({"seeds": [result]}))

@@ -195,3 +195,13 @@ def test_cache_repair_says_where_it_rebuilds_from(tmp_path: Path, monkeypatch: p
     assert harmful[0]["instruction"] == "Do something"
     err = capsys.readouterr().err
     assert "rebuilding from local archives" in err and "PyPI" not in err
+
+
+def test_evenly_spaced():
+    from refusal_lens.datasets import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert evenly_spaced(list(range(100)), 3) == [0, 33, 66]
+    assert evenly_spaced([1, 2], 5) == [1, 2]
+    with pytest.raises(ValueError):
+        evenly_spaced([1], 0)

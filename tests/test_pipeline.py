@@ -319,3 +319,17 @@ def test_direction_layer_out_of_range_is_refused_before_the_baseline(synthetic, 
     bad = Direction(torch.ones(synthetic.d_model), layer=99, position=-1, model="synthetic")
     with pytest.raises(DirectionError, match="layer 99 is outside"):
         run_pipeline(synthetic, tmp_path / "out", direction=bad, **SMALL)
+
+
+def test_evenly_spaced_test_sets_keep_references_and_categories_aligned():
+    from refusal_lens.pipeline import ExperimentData
+
+    data = ExperimentData("d", [f"h{i}" for i in range(10)], [f"s{i}" for i in range(10)],
+                          lambda seed: None, [f"r{i}" for i in range(10)],
+                          [f"c{i}" for i in range(10)])
+    cut = data.evenly_spaced(5)
+    assert cut.harmful_test == ["h0", "h2", "h4", "h6", "h8"]
+    assert cut.harmful_categories == ["c0", "c2", "c4", "c6", "c8"]
+    assert cut.harmless_test == ["s0", "s2", "s4", "s6", "s8"]
+    assert cut.harmless_reference == ["r0", "r2", "r4", "r6", "r8"]
+    assert data.harmful_test[1] == "h1"  # the original is unchanged

@@ -105,13 +105,3 @@ def test_sweep_cli(synthetic, planted, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(args[:5] + ["--alphas", "2", "--out", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x.json").exists()
-
-
-def test_evenly_spaced():
-    from refusal_lens.sweeps import evenly_spaced
-
-    assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]
-    assert evenly_spaced(list(range(100)), 3) == [0, 33, 66]
-    assert evenly_spaced([1, 2], 5) == [1, 2]
-    with pytest.raises(ValueError):
-        evenly_spaced([1], 0)
