@@ -31,7 +31,7 @@ from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
 from refusal_lens.plots import categories_figure, save_figure
-from refusal_lens.selection import RULES, dumps
+from refusal_lens.selection import RULES, dumps, rule_direction_path
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
@@ -91,7 +91,7 @@ def measure(args: argparse.Namespace) -> dict:
     summary: dict = {"model": model.name, "rule": args.rule, "seeds": [],
                      "per_category": args.per_category}
     for seed in args.seeds:
-        d = Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{seed}", model=model)
+        d = Direction.load(rule_direction_path(args.dirs, args.rule, seed), model=model)
         cats = category_directions(model, groups, data.fit(seed).harmless_train, d,
                                    min_prompts=args.per_category)
         cos = cosine_matrix(torch.cat([cats["vectors"], d.vector.double()[None]]))

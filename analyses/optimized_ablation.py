@@ -31,7 +31,7 @@ from refusal_lens.export import export_hf
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
 from refusal_lens.plots import pareto_figure, save_figure
-from refusal_lens.selection import RULES, dumps
+from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.sweeps import Meter
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         first = res[0]
         model = load_model(args.model)
-        d = Direction.load(Path(args.dirs) / f"direction-{summary['rule']}-seed{first['seed']}",
+        d = Direction.load(rule_direction_path(args.dirs, summary["rule"], first["seed"]),
                            model=model)
         print(f"wrote {export_hf(weighted_orthogonalize(model, d, _weights(first)), args.export)}",
               file=sys.stderr)
@@ -90,7 +90,7 @@ def measure(args: argparse.Namespace) -> dict:
     data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n)
     summary = {"model": model.name, "rule": args.rule, "seeds": []}
     for seed in args.seeds:
-        d = Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{seed}", model=model)
+        d = Direction.load(rule_direction_path(args.dirs, args.rule, seed), model=model)
         fit = data.fit(seed)
         rand = random_like(d.vector, seed=10_000 + seed, basis=d.tensors.get("sink_basis"))
         search = search_weights(model, d, fit.harmful_val, fit.harmless_val, args.trials, seed,

@@ -35,6 +35,7 @@ from refusal_lens.selection import (
     choose_from_table,
     dumps,
     fit_candidates,
+    rule_direction_path,
     select_direction,
 )
 
@@ -139,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict:
         if str(seed) in recorded:
             for rule, d in _from_recorded(model, fit, rt["ids"], recorded[str(seed)], seed,
                                           summary).items():
-                d.save(dirs / f"direction-{rule}-seed{seed}")
+                d.save(rule_direction_path(dirs, rule, seed))
                 directions[rule][seed] = d
             summary["timing"][f"refit_seed{seed}_s"] = time.perf_counter() - t
             write()
@@ -155,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict:
             "kl_random": sel.kl_random}
         for rule in RULES:
             d = sel.direction_for(rule)
-            d.save(dirs / f"direction-{rule}-seed{seed}")
+            d.save(rule_direction_path(dirs, rule, seed))
             directions[rule][seed] = d
         print(f"seed {seed}: " + ", ".join(f"{r} -> layer {v['layer']} pos {v['position']}"
                                           for r, v in sel.by_rule.items()), file=sys.stderr)

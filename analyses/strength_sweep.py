@@ -23,7 +23,7 @@ from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
 from refusal_lens.plots import save_figure, strength_sweep_figure
-from refusal_lens.selection import RULES, dumps
+from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
 from refusal_lens.sweeps import strength_sweep
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
-    directions = {s: Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{s}",
+    directions = {s: Direction.load(rule_direction_path(args.dirs, args.rule, s),
                                     model=model) for s in args.seeds}
     data = default_data(model).evenly_spaced(args.n)
     summary = {"model": model.name, "rule": args.rule, "seeds": []}

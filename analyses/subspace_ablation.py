@@ -22,7 +22,7 @@ from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
 from refusal_lens.plots import save_figure, subspace_figure
-from refusal_lens.selection import RULES, dumps
+from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.subspace import refusal_subspace, subspace_sweep
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace) -> dict:
     summary = {"model": model.name, "rule": args.rule, "seeds": []}
     for seed in args.seeds:
         t = time.perf_counter()
-        d = Direction.load(Path(args.dirs) / f"direction-{args.rule}-seed{seed}", model=model)
+        d = Direction.load(rule_direction_path(args.dirs, args.rule, seed), model=model)
         fit = data.fit(seed)
         basis, info = refusal_subspace(model, d, fit.harmful_train, fit.harmless_train, args.k)
         res = subspace_sweep(model, basis, data.harmful_test, data.harmless_test,

@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -73,13 +74,21 @@ if TYPE_CHECKING:
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
            "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
-           "dumps", "STRICT_RULE", "RULES", "joint_pick", "choose_from_table"]
+           "dumps", "STRICT_RULE", "RULES", "rule_direction_path", "joint_pick",
+           "choose_from_table"]
 
 STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
 
 
 #: The selection rules (see the module docstring); the first is the default.
 RULES = SELECTION_RULES
+
+
+def rule_direction_path(folder: str | Path, rule: str, seed: int) -> Path:
+    """Where a direction chosen by ``rule`` for ``seed`` is saved in ``folder`` (without the
+    ``.safetensors`` suffix): written by ``analyses/selection_rules.py``, read by the analyses
+    that build on it."""
+    return Path(folder) / f"direction-{rule}-seed{seed}"
 
 
 class SelectionError(ValueError):
