@@ -80,7 +80,8 @@ def _validation(sel, rule: str) -> dict:
 
 def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict) -> dict:
     """Both rules' choices from recorded scores, their vectors refitted on ``fit``."""
-    picks = {r: choose_from_table(rec["candidates"], rec["kl_random"], model.n_layers, r)
+    picks = {r: choose_from_table(rec["candidates"], rec["kl_random"], model.n_layers, r,
+                                  bar=rec.get("induce_bar", 0.0))
              for r in RULES}
     layers = sorted({p["layer"] for p in picks.values()})
     positions = sorted({p["position"] for p in picks.values()})

@@ -73,7 +73,7 @@ PLACEMENT_DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 #: Direction selection rules (see :mod:`refusal_lens.selection`); the first is the default.
-SELECTION_RULES = ("paper", "joint")
+SELECTION_RULES = ("joint", "paper")
 
 #: Default strengths of ``refusal-lens sweep`` (see :mod:`refusal_lens.sweeps`): partial-ablation
 #: strengths alpha (1 = full ablation) and addition coefficients (1 = the paper's addition).

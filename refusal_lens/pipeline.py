@@ -379,6 +379,7 @@ def _brief(sel) -> dict[str, Any]:
             "kl": c.kl, "rule": sel.rule, "fallback": sel.fallback, "kl_random": sel.kl_random,
             "kl_threshold_used": sel.kl_threshold_used, "filtering": sel.filtering,
             "baseline": sel.baseline, "timing": sel.timing, "sink": sel.sink,
+            "induce_bar": sel.induce_bar, "by_rule": sel.by_rule,
             "induce_among_scored": induce_ranking(sel.table(), c.layer, c.position)}
 
 
@@ -500,7 +501,7 @@ def _why(target: str, r: dict[str, Any]) -> str:
         ranks = {s: v.get("induce_among_scored") or {} for s, v in r["selection"].items()}
         worse = {s: x for s, x in ranks.items() if x.get("rank", 1) > 1}
         if worse:
-            why += ("; the chosen candidates (lowest bypass) are not the ones that induce refusal "
+            why += ("; the chosen candidates are not the ones that induce refusal "
                     "best on the validation prompts: " + "; ".join(
                         f"seed {s}: induce {r['selection'][s]['induce']:.2f}, rank {x['rank']} of "
                         f"{x['of']} scored (best: layer {x['best']['layer']}, position "

@@ -94,8 +94,8 @@ def parse_run_args(argv: Sequence[str] | None = None,
                         "paper's exact vectors)")
     p.add_argument("--selection-rule", choices=SELECTION_RULES, default=None,
                    help="how the direction is chosen among candidates passing the filters: "
-                        "'paper' (lowest bypass score; default) or 'joint' (best worse-of-two "
-                        "rank by bypass and induce scores on the validation prompts)")
+                        "'joint' (best worse-of-two rank by bypass and induce scores on the "
+                        "validation prompts; default) or 'paper' (lowest bypass score)")
     p.add_argument("--direction", default=None, metavar="PATH",
                    help="a direction saved with Direction.save() (.safetensors): skip fitting "
                         "and selection and evaluate this one")

@@ -13,9 +13,18 @@ Scores (all at the last prompt position):
 * ``kl``: mean ``KL(unablated || ablated)`` on harmless val prompts.
 
 Filters: finite scores, ``layer < max_layer_frac * n_layers``, ``kl <= kl_threshold``,
-``induce > 0``. Speed: layers at or above the layer cut are never scored (the filter would
-discard them anyway); zero vectors (e.g. layer 0, where every prompt's template tokens have the
-same embedding) are skipped; all remaining candidates are *screened* by ``bypass`` on the
+``induce > bar`` with ``bar = min(0, mean refusal metric of the harmful val prompts without
+intervention)``. The paper's bar is 0: addition must make the refusal tokens likelier than not.
+That presumes the model's own refusals sit above 0; where its harmful prompts sit below 0 on
+average (a model whose refusals open with a weakly predicted token, or that refuses only some
+of them), asking addition to go beyond where the model's own harmful prompts are rejects every
+candidate, so the bar is where those prompts are. For a model whose harmful val prompts average
+above 0 the bar is the paper's 0. It is computed from validation prompts only and recorded
+(``SelectionResult.induce_bar``).
+
+Speed: layers at or above the layer cut are never scored (the filter would discard them
+anyway); zero vectors (e.g. layer 0, where every prompt's template tokens have the same
+embedding) are skipped; all remaining candidates are *screened* by ``bypass`` on the
 ``n_screen`` harmful val prompts with the highest unablated refusal metric, and only the
 ``top_k`` best are fully scored on all val prompts. Every candidate stays in the score table.
 
@@ -28,13 +37,14 @@ dropped; then the induce filter too. The rule used is recorded in ``SelectionRes
 
 Selection rules (``SelectionConfig.rule``, fixed here before any test measurement):
 
-* ``paper`` (default): the paper's rule, lowest ``bypass`` among the candidates of the first
-  filter tier that has any;
-* ``joint``: the same filter tiers, but among that tier's candidates the one whose *worse*
+* ``paper``: the paper's rule, lowest ``bypass`` among the candidates of the first filter tier
+  that has any;
+* ``joint`` (default): the same filter tiers, but among that tier's candidates the one whose *worse*
   rank is best, ranking by ``bypass`` (ascending) and by ``induce`` (descending) within the
   tier; ties go to the lower bypass. The paper's rule optimises removing refusal only (its one
-  test of addition is ``induce > 0``); ``joint`` asks a candidate to be good at both uses, on
-  validation prompts only.
+  test of addition is ``induce > bar``); ``joint`` asks a candidate to be good at both uses, on
+  validation prompts only, which is why it is the default: a direction is used both to remove
+  refusal and to induce it.
 
 Both rules see the same scores, so ``SelectionResult.by_rule`` records what each would choose
 and :meth:`SelectionResult.direction_for` builds the other rule's direction without rescoring.
@@ -73,11 +83,11 @@ if TYPE_CHECKING:
     from .model import Batch, LensModel
 
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
-           "filter_and_fit", "fit_candidates", "select_direction", "write_scores", "jsonable",
-           "dumps", "STRICT_RULE", "RULES", "rule_direction_path", "joint_pick",
+           "filter_and_fit", "fit_candidates", "select_direction", "jsonable",
+           "dumps", "STRICT_RULE", "RULES", "rule_direction_path", "joint_pick", "induce_bar",
            "choose_from_table"]
 
-STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > 0; lowest bypass"
+STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > {bar:.3g}; lowest bypass"
 
 
 #: The selection rules (see the module docstring); the first is the default.
@@ -112,7 +122,7 @@ class SelectionConfig:
     #: candidates ablated together in one batched pass (same results, fewer passes)
     group: int = 8
     #: how the candidate is chosen among those passing the filters: one of :data:`RULES`
-    rule: str = "paper"
+    rule: str = SELECTION_RULES[0]
     #: where the chosen vector is added: "read" (its own layer, the paper) or "best" (the layer
     #: of any fully scored candidate where adding it gives the highest induce score on the
     #: validation prompts; recorded as ``Direction.meta["addition_layer"]``)
@@ -162,6 +172,8 @@ class SelectionResult:
     by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the fully scored candidates' vectors (what :meth:`direction_for` builds from)
     vectors: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+    #: the induce filter's bar: min(0, harmful val prompts' mean refusal metric)
+    induce_bar: float = 0.0
 
     def direction_for(self, rule: str) -> Direction:
         """The direction ``rule`` chooses from these scores (the chosen one for its own rule)."""
@@ -198,6 +210,7 @@ class SelectionResult:
                 "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
                 "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
                 "chosen": asdict(self.chosen), "by_rule": self.by_rule,
+                "induce_bar": self.induce_bar,
                 "candidates": self.table()}
 
     def to_csv(self) -> str:
@@ -442,15 +455,18 @@ def select_direction(
     kl_random = float(sum(kls[len(top):]) / len(rand)) if rand else math.nan
     t_score = time.perf_counter()
 
+    bar = induce_bar(baseline["harmful_val_metric"])
     by_rule = {}
     for name in RULES:  # every rule on the same scores; reasons and notes once (own rule)
         if name == cfg.rule:
             continue
-        other, o_rule, o_fb, _ = _choose(top, cfg, cut, kl_random, [], name, record=False)
+        other, o_rule, o_fb, _ = _choose(top, cfg, cut, kl_random, [], name, record=False,
+                                         bar=bar)
         if other is not None:
             by_rule[name] = {"layer": other.layer, "position": other.position, "rule": o_rule,
                              "fallback": o_fb}
-    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes, cfg.rule)
+    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes, cfg.rule,
+                                                bar=bar)
     if chosen is None:
         raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
     li, pi = layers.index(chosen.layer), positions.index(chosen.position)
@@ -460,11 +476,11 @@ def select_direction(
         vec, chosen.layer, chosen.position,
         model=model.name, dataset_hash=dataset_hash, seed=cfg.seed,
         meta={"bypass": chosen.bypass, "induce": chosen.induce, "kl": chosen.kl,
-              "rule": rule, "fallback": fallback, "kl_random": kl_random, "sink": sink},
+              "rule": rule, "fallback": fallback, "kl_random": kl_random, "sink": sink,
+              "induce_bar": bar},
         tensors={"mean_diff": raw[li, pi].float().clone(), "sink_basis": basis.float()},
     )
-    if cfg.rule != "paper":
-        direction.meta["selection_rule"] = cfg.rule
+    direction.meta["selection_rule"] = cfg.rule
     if cfg.addition_layer == "best":  # validation prompts only, like every other score
         tried = {chosen.layer: chosen.induce}
         for layer in sorted({s.layer for s in top} - {chosen.layer}):
@@ -478,14 +494,17 @@ def select_direction(
                            threshold, filtering, baseline, timing, sink,
                            {l: diffs[i, pi].float().clone() for i, l in enumerate(layers)},
                            {k: by_rule[k] for k in RULES if k in by_rule},
-                           {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top})
+                           {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top},
+                           bar)
 
 
 def choose_from_table(candidates: Sequence[dict[str, Any]], kl_random: float, n_layers: int,
-                      rule: str, config: SelectionConfig | None = None) -> dict[str, Any]:
+                      rule: str, config: SelectionConfig | None = None, bar: float = 0.0
+                      ) -> dict[str, Any]:
     """What ``rule`` chooses from a recorded candidate table (``SelectionResult.table()``, or a
     run's ``scores.json`` ``candidates``) without rescoring anything: the same filter tiers
-    and pick as :func:`select_direction`. ``None`` scores (strict JSON) count as NaN."""
+    and pick as :func:`select_direction`, with the recorded induce bar ``bar`` (a run's
+    ``induce_bar``; 0 for runs that predate it). ``None`` scores count as NaN."""
     if rule not in RULES:
         raise SelectionError(f"Unknown selection rule {rule!r}; pick one of {RULES}.")
     cfg = config or SelectionConfig()
@@ -497,7 +516,8 @@ def choose_from_table(candidates: Sequence[dict[str, Any]], kl_random: float, n_
     if not top:
         raise SelectionError("The table has no fully scored candidate ('scored': true).")
     cut = math.ceil(cfg.max_layer_frac * n_layers)
-    chosen, text, fallback, threshold = _choose(top, cfg, cut, kl_random, [], rule, record=False)
+    chosen, text, fallback, threshold = _choose(top, cfg, cut, kl_random, [], rule, record=False,
+                                                bar=bar)
     if chosen is None:
         raise SelectionError("No recorded candidate has a finite bypass score.")
     return {"layer": chosen.layer, "position": chosen.position, "rule": text,
@@ -514,11 +534,21 @@ def joint_pick(passing: Sequence[CandidateScore]) -> CandidateScore:
     return min(passing, key=lambda s: (max(by_b[id(s)], by_i[id(s)]), s.bypass))
 
 
+def induce_bar(harmful_val_metric: float) -> float:
+    """The induce filter's bar (module docstring): 0, or the harmful val prompts' own mean
+    refusal metric where that is below 0."""
+    if not math.isfinite(harmful_val_metric):
+        raise SelectionError(f"The harmful val prompts' mean refusal metric is "
+                             f"{harmful_val_metric}; check the model's outputs.")
+    return min(0.0, float(harmful_val_metric))
+
+
 def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,
-            notes: list[str], rule_name: str = "paper", record: bool = True
+            notes: list[str], rule_name: str = "paper", record: bool = True, bar: float = 0.0
             ) -> tuple[CandidateScore | None, str, bool, float]:
     """Apply the strict filters, then the documented relaxations, recording discard reasons
-    (``record``); within the first tier that has candidates, pick by ``rule_name``."""
+    (``record``); within the first tier that has candidates, pick by ``rule_name``. ``bar`` is
+    the induce filter's (:func:`induce_bar`)."""
     finite = [s for s in top if all(math.isfinite(v) for v in (s.bypass, s.induce, s.kl))]
     for s in (top if record else ()):
         if s not in finite:
@@ -527,18 +557,19 @@ def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random
             s.discarded.append(f"layer >= {cut}")
         if s in finite and s.kl > cfg.kl_threshold:
             s.discarded.append(f"kl {s.kl:.3g} > {cfg.kl_threshold:g}")
-        if s in finite and s.induce <= 0:
-            s.discarded.append(f"induce {s.induce:.3g} <= 0")
+        if s in finite and s.induce <= bar:
+            s.discarded.append(f"induce {s.induce:.3g} <= {bar:.3g}")
     finite = [s for s in finite if s.layer < cut]
     relaxed = max(cfg.kl_threshold, cfg.random_kl_factor * kl_random) \
         if math.isfinite(kl_random) else cfg.kl_threshold
     tiers = [
-        (STRICT_RULE.format(cut=cut, kl=cfg.kl_threshold), cfg.kl_threshold,
-         lambda s: s.kl <= cfg.kl_threshold and s.induce > 0),
+        (STRICT_RULE.format(cut=cut, kl=cfg.kl_threshold, bar=bar), cfg.kl_threshold,
+         lambda s: s.kl <= cfg.kl_threshold and s.induce > bar),
         (f"relaxed KL: kl <= max({cfg.kl_threshold:g}, {cfg.random_kl_factor:g} x random-direction "
-         f"KL {kl_random:.3g}) = {relaxed:.3g}, induce > 0; lowest bypass", relaxed,
-         lambda s: s.kl <= relaxed and s.induce > 0),
-        ("no KL filter: induce > 0; lowest bypass", math.inf, lambda s: s.induce > 0),
+         f"KL {kl_random:.3g}) = {relaxed:.3g}, induce > {bar:.3g}; lowest bypass", relaxed,
+         lambda s: s.kl <= relaxed and s.induce > bar),
+        (f"no KL filter: induce > {bar:.3g}; lowest bypass", math.inf,
+         lambda s: s.induce > bar),
         ("bypass only: lowest bypass among finite candidates", math.inf, lambda s: True),
     ]
     pick = joint_pick if rule_name == "joint" else (lambda c: min(c, key=lambda s: s.bypass))
@@ -550,18 +581,11 @@ def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random
                 rule = rule.replace("lowest bypass", "best worse-of-two rank (bypass, induce)")
             if i > 0:
                 notes.append(f"all {len(top)} scored candidates failed the strict filters "
-                             f"(KL <= {cfg.kl_threshold:g}, induce > 0); chose by fallback rule "
+                             f"(KL <= {cfg.kl_threshold:g}, induce > {bar:.3g}); chose by "
+                             f"fallback rule "
                              f"'{rule}'")
             return best, rule, i > 0, threshold
     return None, "none", True, math.nan
-
-
-def write_scores(result: SelectionResult, json_path, csv_path) -> None:
-    """Write the full candidate table as JSON and CSV (atomically)."""
-    from .paths import atomic_write_text
-
-    atomic_write_text(json_path, dumps(result.to_json()))
-    atomic_write_text(csv_path, result.to_csv())
 
 
 def jsonable(x: Any) -> Any:

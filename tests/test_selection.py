@@ -123,29 +123,52 @@ def test_joint_rule_keeps_the_fallback_chain(synthetic):
 
 
 def test_rules_on_the_same_scores(synthetic, data, strict):
-    assert SelectionConfig().rule == "paper"
+    from refusal_lens.selection import joint_pick
+
+    assert SelectionConfig().rule == "joint"
     with pytest.raises(SelectionError, match="joint"):
         SelectionConfig(rule="best")
     assert set(strict.by_rule) == {"paper", "joint"}
-    paper = strict.by_rule["paper"]
-    assert (paper["layer"], paper["position"]) == (strict.direction.layer,
+    joint = strict.by_rule["joint"]
+    assert (joint["layer"], joint["position"]) == (strict.direction.layer,
                                                    strict.direction.position)
-    assert "selection_rule" not in strict.direction.meta  # the default path is unchanged
-    joint = select_direction(synthetic, **data, config=SelectionConfig(top_k=4, rule="joint"),
+    assert strict.direction.meta["selection_rule"] == "joint"
+    paper = select_direction(synthetic, **data, config=SelectionConfig(top_k=4, rule="paper"),
                              progress=False)
     # the same scores, the other rule recorded; direction_for rebuilds it without rescoring
-    assert joint.by_rule == strict.by_rule
-    for a, b in zip(joint.scores, strict.scores):
+    assert paper.by_rule == strict.by_rule
+    for a, b in zip(paper.scores, strict.scores):
         assert (a.bypass, a.induce, a.kl) == (b.bypass, b.induce, b.kl) or a.bypass != a.bypass
-    d = strict.direction_for("joint")
-    assert (d.layer, d.position) == (joint.direction.layer, joint.direction.position)
-    assert torch.equal(d.vector, joint.direction.vector)
+    d = strict.direction_for("paper")
+    assert (d.layer, d.position) == (paper.direction.layer, paper.direction.position)
+    assert torch.equal(d.vector, paper.direction.vector)
     passing = [s for s in strict.scores if s.scored and not s.discarded]
-    assert strict.chosen is min(passing, key=lambda s: s.bypass)
+    assert strict.chosen is joint_pick(passing)
+    assert paper.chosen.layer == min(passing, key=lambda s: s.bypass).layer
     planted = synthetic.info["synthetic"].direction.double()
     assert torch.nn.functional.cosine_similarity(d.vector, planted, dim=0) > 0.9
     with pytest.raises(SelectionError, match="recorded"):
         strict.direction_for("other")
+
+
+def test_induce_bar_is_the_papers_zero_or_the_models_own_harmful_level(strict):
+    """bar = min(0, harmful val mean metric): 0 where the model's harmful prompts sit above 0,
+    their own level where they sit below it (a candidate at -0.5 then passes a bar of -0.75)."""
+    from refusal_lens.selection import _choose, induce_bar
+
+    assert induce_bar(2.5) == 0.0 and induce_bar(0.0) == 0.0
+    assert induce_bar(-0.75) == -0.75
+    with pytest.raises(SelectionError, match="metric"):
+        induce_bar(float("nan"))
+    cfg = SelectionConfig(kl_threshold=0.1)
+    weak = _cand(1, bypass=-2.0, induce=-0.5, kl=0.05)
+    for bar, fallback in ((0.0, True), (-0.75, False)):
+        chosen, text, fb, _ = _choose([weak], cfg, 3, 0.01, [], "paper", record=False, bar=bar)
+        assert chosen is weak and fb is fallback, bar
+    assert "induce > -0.75" in _choose([weak], cfg, 3, 0.01, [], "paper", record=False,
+                                       bar=-0.75)[1]
+    assert strict.induce_bar == induce_bar(strict.baseline["harmful_val_metric"])
+    assert strict.to_json()["induce_bar"] == strict.induce_bar
 
 
 def test_addition_layer_chosen_on_validation(synthetic, data, strict):
