@@ -505,3 +505,41 @@ def pareto_figure(results: Sequence[dict[str, Any]],
                      row=1, col=1)
     fig.update_layout(title=title, height=480, width=560 * len(results) + 200)
     return fig
+
+
+__all__ += ["direction_comparison_figure"]
+
+
+def direction_comparison_figure(panels: dict[str, dict[str, Any]],
+                                title: str = "Is the refusal direction stable?") -> go.Figure:
+    """One panel per comparison: layer-by-layer cosines (one line per series), a grey band
+    for chance (``|cos|`` of random directions, 99th percentile) and, where given, marked
+    points for the chosen directions.
+
+    ``panels``: title -> ``{"series": {name: [cos per layer]}, "chance": float,
+    "points": {name: (layer, cos)}}``.
+    """
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels),
+                        horizontal_spacing=0.08)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for col, panel in enumerate(panels.values(), 1):
+        n = max(len(v) for v in panel["series"].values())
+        fig.add_trace(go.Scatter(x=[0, n - 1, n - 1, 0], y=[-panel["chance"], -panel["chance"],
+                                 panel["chance"], panel["chance"]], fill="toself",
+                                 fillcolor="rgba(128,128,128,0.25)", line_width=0,
+                                 name="chance (random directions, 99%)", showlegend=col == 1,
+                                 hoverinfo="skip"), 1, col)
+        for i, (name, ys) in enumerate(panel["series"].items()):
+            fig.add_trace(go.Scatter(x=list(range(len(ys))), y=ys, mode="lines+markers",
+                                     name=name, line_color=palette[i % len(palette)],
+                                     hovertemplate="layer %{x}: cos %{y:.3f}"), 1, col)
+        for name, (layer, cos) in panel.get("points", {}).items():
+            fig.add_trace(go.Scatter(x=[layer], y=[cos], mode="markers+text", text=[name],
+                                     textposition="top center", name=name,
+                                     marker=dict(symbol="star", size=13, color="gold",
+                                                 line=dict(color="black", width=1))), 1, col)
+        fig.update_xaxes(title_text="layer", row=1, col=col)
+    fig.update_yaxes(title_text="cosine", range=[-0.2, 1.05])
+    fig.update_layout(title=title, template="plotly_white", autosize=True, height=430,
+                      legend=dict(orientation="h", y=-0.22))
+    return fig
