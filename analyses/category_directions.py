@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default="paper")
+    p.add_argument("--rule", choices=RULES, default=RULES[0])
     p.add_argument("--dirs", default="runs/selection_rules")
     p.add_argument("--rules-json", default="figures/selection_rules.json",
                    help="per-prompt test flags written by analyses/selection_rules.py")

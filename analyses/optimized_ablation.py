@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default="paper")
+    p.add_argument("--rule", choices=RULES, default=RULES[0])
     p.add_argument("--dirs", default="runs/selection_rules")
     p.add_argument("--trials", type=int, default=6 if FAST else 40)
     p.add_argument("--timeout", type=float, default=None,

@@ -8,9 +8,9 @@ train/val prompts (the pipeline's data and settings), save each rule's direction
 evaluate ablation (harmful test prompts) and addition (harmless test prompts) of each distinct
 choice beside norm-matched random directions. ``--scores`` (a run's ``scores.json`` layout)
 applies both rules to recorded validation scores for the seeds it holds instead of rescoring
-them, refits only the chosen candidates' vectors, and checks the refitted default-rule vector's
-norm against the recorded direction's. Writes figures/selection_rules.{json,html}; with
-that JSON present it only re-renders the figure (``--rerun`` measures again).
+them, refits only the chosen candidates' vectors, and checks that the refitted vector of the
+run's own rule has the recorded direction's norm. Writes figures/selection_rules.{json,html};
+with that JSON present it only re-renders the figure (``--rerun`` measures again).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dirs", default="runs/selection_rules", help="where directions are saved")
     p.add_argument("--out", default="figures/selection_rules")
     p.add_argument("--scores", default=None, metavar="JSON",
-                   help="recorded validation scores ({'seeds': {seed: {'candidates', "
-                        "'kl_random', 'norm'}}}) to choose from instead of rescoring")
+                   help="recorded validation scores to choose from instead of rescoring: a "
+                        "run's scores.json ({'seeds': {seed: {'candidates', 'kl_random', "
+                        "'layer', 'position', 'chosen', ...}}})")
     p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
     args = p.parse_args(argv)
     saved = Path(args.out + ".json")
@@ -81,7 +82,7 @@ def _validation(sel, rule: str) -> dict:
 def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict) -> dict:
     """Both rules' choices from recorded scores, their vectors refitted on ``fit``."""
     picks = {r: choose_from_table(rec["candidates"], rec["kl_random"], model.n_layers, r,
-                                  bar=rec.get("induce_bar", 0.0))
+                                  bar=rec.get("induce_bar", 0.0))  # 0: runs before the bar
              for r in RULES}
     layers = sorted({p["layer"] for p in picks.values()})
     positions = sorted({p["position"] for p in picks.values()})
@@ -98,12 +99,14 @@ def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict)
                   "fallback": p["fallback"], "selection_rule": rule, "scores": "recorded"},
             tensors={"mean_diff": fitted["raw"][li, pi].float().clone(),
                      "sink_basis": fitted["basis"].float()})
-    paper = out["paper"]
-    if (paper.layer, paper.position) != (rec["layer"], rec["position"]) or \
-            abs(paper.norm / rec["norm"] - 1) > 1e-3:
+    own = rec.get("selection_rule") or "paper"  # runs before the joint default used 'paper'
+    norm = rec["norm"] if "norm" in rec else rec["chosen"]["norm"]
+    mine = out[own]
+    if (mine.layer, mine.position) != (rec["layer"], rec["position"]) or \
+            abs(mine.norm / norm - 1) > 1e-3:
         raise SystemExit(f"seed {seed}: the recorded scores do not reproduce the recorded "
-                         f"direction (layer {rec['layer']}, norm {rec['norm']:.4f}; refit: layer "
-                         f"{paper.layer}, norm {paper.norm:.4f}): rescore without --scores.")
+                         f"direction (layer {rec['layer']}, norm {norm:.4f}; refit: layer "
+                         f"{mine.layer}, norm {mine.norm:.4f}): rescore without --scores.")
     summary["validation"][str(seed)] = {
         "recorded": True, "kl_random": rec["kl_random"],
         "by_rule": {r: {**p, **{k: table[(p["layer"], p["position"])][k]

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default="paper")
+    p.add_argument("--rule", choices=RULES, default=RULES[0])
     p.add_argument("--dirs", default="runs/selection_rules")
     p.add_argument("--n", type=int, default=8 if FAST else 50, help="test prompts per side")
     p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")

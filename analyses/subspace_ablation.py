@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default="paper")
+    p.add_argument("--rule", choices=RULES, default=RULES[0])
     p.add_argument("--dirs", default="runs/selection_rules")
     p.add_argument("--k", type=int, default=4, help="largest subspace dimension")
     p.add_argument("--n-train", type=int, default=32 if FAST else 128)

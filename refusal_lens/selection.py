@@ -211,6 +211,7 @@ class SelectionResult:
                 "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
                 "chosen": asdict(self.chosen), "by_rule": self.by_rule,
                 "induce_bar": self.induce_bar,
+                "selection_rule": self.direction.meta.get("selection_rule"),
                 "candidates": self.table()}
 
     def to_csv(self) -> str:
