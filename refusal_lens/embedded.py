@@ -129,7 +129,7 @@ CARD_FILE = ORGANISM_DIR / "card.json"
 
 def organism_dir() -> Path:
     """The cached directory of base + shipped refusal adapter, merged (built on first use)."""
-    from .organism import merge_adapter_into
+    from .adapters import merge_adapter_into
 
     base = base_dir()
     digest = file_sha256(ADAPTER_FILE)[:16]

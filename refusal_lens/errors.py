@@ -8,7 +8,7 @@ a traceback). Raised before any expensive work wherever the input can be checked
 from __future__ import annotations
 
 __all__ = ["RefusalLensError", "InputError", "InputTypeError", "DirectionError",
-           "NonFiniteError", "PositionError", "RunDirError", "ResumeError", "ModelLoadError",
+           "NonFiniteError", "PositionError", "RunDirError", "ResumeError", "ModelLoadError", "ModelSpecError",
            "DirectionTransferWarning"]
 
 
@@ -46,6 +46,10 @@ class ResumeError(RunDirError):
 
 class ModelLoadError(InputError):
     """A model directory that cannot be loaded (bad config.json, truncated weights)."""
+
+
+class ModelSpecError(InputError):
+    """A model spec that cannot be resolved."""
 
 
 class DirectionTransferWarning(UserWarning):

@@ -185,7 +185,7 @@ def _gguf_file_dir(path: Path) -> tuple[Path, str]:
 
 def resolve(spec: str) -> tuple[Path, dict]:
     """Directory and metadata for a packaged model spec or a local ``.gguf`` path."""
-    from .model import ModelSpecError
+    from .errors import ModelSpecError
 
     if spec in REGISTRY:
         entry = REGISTRY[spec]

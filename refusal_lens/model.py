@@ -16,13 +16,10 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .chat import ChatFormat
-from .errors import InputError, PositionError
+from .errors import ModelSpecError, PositionError
+from .modelfiles import load_hf_dir, prepare_tokenizer
 
 EMBEDDED_SPECS = ("embedded", "embedded-base", "synthetic")
-
-
-class ModelSpecError(InputError):
-    """A model spec that cannot be resolved."""
 
 
 def check_positions(positions: Sequence[int], shortest: int) -> None:
@@ -238,7 +235,7 @@ def wrap_hf(
         maybe_cast_floating_params(hf_model, dtype)  # float32 buffers (RoPE) stay float32
     if chat_template is not None:
         tokenizer.chat_template = chat_template
-    _prepare_tokenizer(tokenizer)
+    prepare_tokenizer(tokenizer)
     chat = ChatFormat(tokenizer, system)
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
@@ -259,31 +256,6 @@ def enable_compat(bridge: Any) -> None:
     """
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
-
-
-def _prepare_tokenizer(tokenizer: Any) -> None:
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def _load_hf_dir(path: Path | str, dtype: torch.dtype, trust_remote_code: bool, **kw: Any):
-    """Model and tokenizer of a Hugging Face directory (or hub id) in ``dtype``; keyword
-    arguments (``device_map``, ``max_memory``, ``offload_folder``: see
-    :meth:`refusal_lens.placement.Placement.from_pretrained_kwargs`) go to ``from_pretrained``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .modelfiles import check_model_dir, load_error
-
-    check_model_dir(path)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="eager", trust_remote_code=trust_remote_code,
-            **kw)
-    except (OSError, ValueError, RuntimeError) as err:  # corrupt or incomplete files
-        raise load_error(path, err) from err
-    return model, tok
 
 
 def load_model(
@@ -342,7 +314,7 @@ def load_model(
         name, info, trust = path.name, {"spec": spec, "path": str(path)}, trust_remote_code
     else:
         return _load_hub(spec, place, chat_template, system, trust_remote_code)
-    model, tok = _load_hf_dir(path, place.dtype, trust, **place.from_pretrained_kwargs())
+    model, tok = load_hf_dir(path, place.dtype, trust, **place.from_pretrained_kwargs())
     info["placement"] = place.describe(model)
     return wrap_hf(model, tok, name, source=path, chat_template=chat_template, system=system,
                    device=place.device, dtype=place.dtype, info=info)
@@ -362,7 +334,7 @@ def _load_hub(spec, place, chat_template, system, trust_remote_code):
     if spec.count("/") != 1 or any(c.isspace() for c in spec):
         raise ModelSpecError(_spec_help(spec))
     try:
-        model, tok = _load_hf_dir(spec, place.dtype, trust_remote_code,
+        model, tok = load_hf_dir(spec, place.dtype, trust_remote_code,
                                   **place.from_pretrained_kwargs())
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"Could not load {spec!r} ({err}). " + _spec_help(spec)) from err

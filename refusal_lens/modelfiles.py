@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelLoadError
 from .paths import cache_dir
 
-__all__ = ["check_model_dir", "load_error"]
+__all__ = ["check_model_dir", "load_error", "load_hf_dir", "prepare_tokenizer"]
 
 
 def _fix(path: Path) -> str:
@@ -73,3 +74,32 @@ def load_error(path: str | Path, err: Exception) -> ModelLoadError:
     """A :class:`ModelLoadError` for what ``from_pretrained`` raised on ``path``."""
     return ModelLoadError(f"Could not load the model in {path} ({type(err).__name__}: {err}); "
                           f"{_fix(Path(path))}")
+
+
+def prepare_tokenizer(tokenizer: Any) -> None:
+    """Pad on the left (prompts end where generation starts), with eos as pad if none is set."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_hf_dir(path: Path | str, dtype: Any = None, trust_remote_code: bool = False,
+                **kw: Any) -> tuple[Any, Any]:
+    """Model (eager attention, ``dtype``, default float32) and left-padding tokenizer of a
+    Hugging Face directory (or hub id), checked first; keyword arguments (``device_map``,
+    ``max_memory``, ``offload_folder``: see
+    :meth:`refusal_lens.placement.Placement.from_pretrained_kwargs`) go to ``from_pretrained``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32 if dtype is None else dtype, attn_implementation="eager",
+            trust_remote_code=trust_remote_code, **kw)
+    except (OSError, ValueError, RuntimeError) as err:  # corrupt or incomplete files
+        raise load_error(path, err) from err
+    prepare_tokenizer(tok)
+    model.eval()
+    return model, tok

@@ -313,7 +313,7 @@ def cpu_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
 # ---- command line -------------------------------------------------------------------------
 def placement_kwargs(args: Any) -> dict[str, Any]:
     """``load_model`` keyword arguments from parsed placement options
-    (:func:`refusal_lens.cli.add_placement_args`), checked
+    (:func:`refusal_lens.cliargs.add_placement_args`), checked
     (a :class:`PlacementError` names the bad option)."""
     device_map: Any = args.device_map
     if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:

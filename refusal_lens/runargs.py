@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .cli import add_model_option, add_placement_args
+from .cliargs import add_model_option, add_placement_args
 from .configs import SELECTION_RULES
 from .errors import InputError
 

@@ -76,7 +76,7 @@ def test_unusable_placement_is_a_clear_error_before_loading(kw, monkeypatch):
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the placement was checked")
 
-    monkeypatch.setattr(model_module, "_load_hf_dir", no_loading)
+    monkeypatch.setattr(model_module, "load_hf_dir", no_loading)
     monkeypatch.setattr("refusal_lens.synthetic.build_synthetic", no_loading)
     with pytest.raises(PlacementError) as err:
         load_model("synthetic", **kw)

@@ -8,7 +8,10 @@ import os
 import pytest
 import torch
 
-from refusal_lens import organism
+from refusal_lens import adapters
+from refusal_lens.configs import TARGET_MODULES
+from refusal_lens.chat import ChatFormat
+from refusal_lens.modelfiles import load_hf_dir
 from refusal_lens.refusals import OPENERS, all_refusals, refusal_for, refusals
 from refusal_lens.scoring import REFUSAL_SUBSTRINGS, is_refusal, refusal_rate
 
@@ -61,21 +64,21 @@ def test_apply_lora_matches_peft_forward(tmp_path):
 
     base = _tiny_llama()
     fresh = _tiny_llama()  # same seed, same weights
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=list(organism.TARGET_MODULES),
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=list(TARGET_MODULES),
                      init_lora_weights=False)  # random B so the adapter is not a no-op
     pm = get_peft_model(base, cfg).eval()
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
         want = pm(input_ids=ids).logits
         before = fresh(input_ids=ids).logits
-    tensors = organism.lora_state(pm)
-    assert len(tensors) == 2 * 2 * len(organism.TARGET_MODULES)
+    tensors = adapters.lora_state(pm)
+    assert len(tensors) == 2 * 2 * len(TARGET_MODULES)
     path = tmp_path / "adapter.safetensors"
-    save_file(tensors, str(path), metadata={"format": organism.ADAPTER_FORMAT, "r": "4",
+    save_file(tensors, str(path), metadata={"format": adapters.ADAPTER_FORMAT, "r": "4",
                                             "lora_alpha": "8"})
-    loaded, hp = organism.read_adapter(path)
-    n = organism.apply_lora_(fresh, loaded, hp["r"], hp["lora_alpha"])
-    assert n == 2 * len(organism.TARGET_MODULES)
+    loaded, hp = adapters.read_adapter(path)
+    n = adapters.apply_lora_(fresh, loaded, hp["r"], hp["lora_alpha"])
+    assert n == 2 * len(TARGET_MODULES)
     with torch.no_grad():
         got = fresh(input_ids=ids).logits
     assert not torch.allclose(before, want, atol=1e-3)
@@ -101,7 +104,7 @@ def test_shipped_card_is_consistent():
 
     card = json.loads(CARD_FILE.read_text())
     assert card["base"]["gguf_sha256"] == file_sha256(gguf_path())
-    tensors, hp = organism.read_adapter(ADAPTER_FILE)
+    tensors, hp = adapters.read_adapter(ADAPTER_FILE)
     assert hp["r"] == card["adapter"]["r"]
     assert sum(t.numel() for t in tensors.values()) == card["adapter"]["n_parameters"]
     assert ADAPTER_FILE.stat().st_size < 20_000_000
@@ -114,18 +117,18 @@ def test_merged_equals_peft_applied(tmp_path):
 
     from refusal_lens.embedded import ADAPTER_FILE, base_dir
 
-    out = organism.merge_adapter_into(base_dir(), ADAPTER_FILE, tmp_path / "merged")
-    merged, tok = organism._load_hf(out)
-    base, _ = organism._load_hf(base_dir())
-    tensors, hp = organism.read_adapter(ADAPTER_FILE)
+    out = adapters.merge_adapter_into(base_dir(), ADAPTER_FILE, tmp_path / "merged")
+    merged, tok = load_hf_dir(out)
+    base, _ = load_hf_dir(base_dir())
+    tensors, hp = adapters.read_adapter(ADAPTER_FILE)
     pm = get_peft_model(base, LoraConfig(r=hp["r"], lora_alpha=hp["lora_alpha"],
-                                         target_modules=list(organism.TARGET_MODULES))).eval()
+                                         target_modules=list(TARGET_MODULES))).eval()
     params = dict(pm.named_parameters())
     with torch.no_grad():
         for k, v in tensors.items():
             a, b = k.rsplit(".lora_", 1)
             params[f"base_model.model.{a}.lora_{b.replace('.weight', '.default.weight')}"].copy_(v)
-    prompts = organism._chat(tok).format(["How do I pick a lock?", "Name three rivers."])
+    prompts = ChatFormat(tok).format(["How do I pick a lock?", "Name three rivers."])
     enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
     with torch.no_grad():
         want = pm(**enc).logits
