@@ -24,7 +24,7 @@ from refusal_lens.directions import Direction
 from refusal_lens.evaluation import addition_sweep, rate_summary
 from refusal_lens.generation import generate
 from refusal_lens.paths import atomic_write_text
-from refusal_lens.pipeline import default_data, heldout_instructions
+from refusal_lens.datasets import default_data, heldout_instructions
 from refusal_lens.plots import addition_sweep_figure, save_figure
 from refusal_lens.scoring import SubstringJudge
 from refusal_lens.selection import SelectionConfig, dumps, fit_candidates

@@ -29,7 +29,7 @@ from refusal_lens.category_directions import (
 )
 from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
-from refusal_lens.pipeline import default_data
+from refusal_lens.datasets import default_data
 from refusal_lens.plots import categories_figure, save_figure
 from refusal_lens.selection import RULES, dumps, rule_direction_path
 
@@ -70,7 +70,8 @@ def _groups(model, per_category: int) -> dict[str, list[str]]:
     if syn is not None:
         pool = syn.harmful[len(syn.harmful) // 4:]
         return {"synthetic A": pool[:per_category], "synthetic B": pool[-per_category:]}
-    from refusal_lens.datasets import load_pools, load_splits, norm_key
+    from refusal_lens.data_sources import load_pools, norm_key
+    from refusal_lens.datasets import load_splits
 
     ref = load_splits(seed=0)
     banned = {norm_key(x) for x in ref.harmful_test + ref.harmful_organism}

@@ -95,7 +95,7 @@ _RSS_CHILD = """
 import os, resource, sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 import refusal_lens as rl
-from refusal_lens.datasets import load_pools
+from refusal_lens.data_sources import load_pools
 
 
 def peak_kb():
@@ -139,7 +139,7 @@ _OFFLOAD_CHILD = """
 import json, os, sys, tempfile, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 import refusal_lens as rl
-from refusal_lens.datasets import load_pools
+from refusal_lens.data_sources import load_pools
 from refusal_lens.generation import generate
 
 

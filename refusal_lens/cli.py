@@ -48,7 +48,7 @@ def data_cli(argv: Sequence[str] | None = None) -> int:
                         "write the normalised harmful/harmless sets to the cache")
     argv = list(argv or [])
     p.parse_args(argv[:1])
-    from .datasets import fetch_main
+    from .data_sources import fetch_main
 
     return fetch_main(argv[1:])
 

@@ -9,154 +9,29 @@ for fitting or selection.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .console import note, plan, run_summary, stage, step, tracked
 from .paths import atomic_write_text
+from .report_md import induce_ranking, render_markdown
 from .runargs import FAST, check_run_args, parse_run_args
 
 if TYPE_CHECKING:  # torch-heavy modules are imported where used: `refusal-lens run --help` is fast
+    from .datasets import ExperimentData
     from .directions import Direction
     from .scoring import Judge
     from .selection import SelectionConfig
 
-__all__ = ["FitData", "ExperimentData", "default_data", "heldout_instructions", "run_pipeline",
-           "run_cli", "render_markdown", "induce_ranking", "check_run_args", "FAST"]
+__all__ = ["run_pipeline", "run_cli", "check_run_args", "FAST"]
 
 #: Progress steps one seed's selection counts for, so that the time left is truer: on the
 #: embedded organism selection takes about as long as four evaluation arms (README run times).
 SELECT_STEPS = 4
-
-
-@dataclass
-class FitData:
-    """Training and validation instructions for one seed."""
-
-    harmful_train: list[str]
-    harmful_val: list[str]
-    harmless_train: list[str]
-    harmless_val: list[str]
-
-    def hash(self) -> str:
-        payload = json.dumps({k: sorted(v) for k, v in vars(self).items()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-
-@dataclass
-class ExperimentData:
-    """Fixed held-out test prompts plus a per-seed source of train/val prompts."""
-
-    name: str
-    harmful_test: list[str]
-    harmless_test: list[str]
-    fit: Callable[[int], FitData]
-    # reference answers to ``harmless_test`` for the cross-entropy check (``None``: the
-    # model's own baseline completions are scored instead)
-    harmless_reference: list[str] | None = None
-    # the category of each ``harmful_test`` prompt (``None``: the data has no categories)
-    harmful_categories: list[str] | None = None
-
-    def evenly_spaced(self, n: int) -> "ExperimentData":
-        """A copy whose test sets keep ``n`` prompts per side, spread evenly over each (see
-        :func:`refusal_lens.datasets.evenly_spaced`), with references and categories kept
-        aligned to their prompts."""
-        from .datasets import evenly_spaced
-
-        def cut(items: list | None) -> list | None:
-            return None if items is None else evenly_spaced(items, n)
-
-        return replace(self, harmful_test=cut(self.harmful_test),
-                       harmless_test=cut(self.harmless_test),
-                       harmless_reference=cut(self.harmless_reference),
-                       harmful_categories=cut(self.harmful_categories))
-
-
-def _draw(pool: Sequence[str], n: int, seed: int, side: str) -> list[str]:
-    if len(pool) < n:
-        raise ValueError(f"Need {n} {side} instructions for train + val, only {len(pool)} remain.")
-    pool = list(pool)
-    random.Random(f"fit:{side}:{seed}").shuffle(pool)
-    return pool[:n]
-
-
-def _fit_from_pools(harmful: Sequence[str], harmless: Sequence[str], n_train: int, n_val: int):
-    def fit(seed: int) -> FitData:
-        h = _draw(harmful, n_train + n_val, seed, "harmful")
-        s = _draw(harmless, n_train + n_val, seed, "harmless")
-        return FitData(h[:n_train], h[n_train:], s[:n_train], s[n_train:])
-    return fit
-
-
-def default_data(model: Any, n_train: int = 128, n_val: int = 32,
-                 n_test: int | None = None) -> ExperimentData:
-    """The data for ``model``: its own prompts for the synthetic model, else the public sets.
-
-    Public sets: test = JailbreakBench's 100 behaviours and the standard harmless test split.
-    Seed 0 with the default sizes uses the standard train/val splits; other seeds draw train/val
-    from the pools minus the test and organism-training prompts (so nothing the organism was
-    fine-tuned on, or that is scored, is used for fitting).
-    """
-    syn = getattr(model, "info", {}).get("synthetic")
-    if syn is not None:
-        k = min(100 if n_test is None else n_test, len(syn.harmful) // 4)
-        return ExperimentData("synthetic", syn.harmful[:k], syn.harmless[:k],
-                              _fit_from_pools(syn.harmful[k:], syn.harmless[k:], n_train, n_val))
-    ref, hp, sp = _public_pools()
-    h_test = ref.harmful_test[:n_test] if n_test else ref.harmful_test
-    s_test = ref.harmless_test[:n_test] if n_test else ref.harmless_test
-    drawn = _fit_from_pools(hp, sp, n_train, n_val)
-
-    def fit(seed: int) -> FitData:
-        if seed == 0 and n_train == 128 and n_val == 32:
-            return FitData(ref.harmful_train, ref.harmful_val, ref.harmless_train,
-                           ref.harmless_val)
-        return drawn(seed)
-
-    ref_answers = ref.responses("harmless_test")
-    cats = [r["category"] for r in ref.records["harmful_test"]][: len(h_test)]
-    return ExperimentData("public (JailbreakBench test)", h_test, s_test, fit,
-                          ref_answers[: len(s_test)] if ref_answers else None, cats)
-
-
-def _public_pools() -> tuple[Any, list[str], list[str]]:
-    """The standard splits, and the harmful / harmless pool instructions outside their test
-    sets and the organism's training prompts (what train/val prompts are drawn from)."""
-    from .datasets import load_pools, load_splits, norm_key
-
-    ref = load_splits(seed=0)  # fixes the test sets and the organism's training prompts
-    banned = {norm_key(x) for x in (ref.harmful_test + ref.harmless_test + ref.harmful_organism
-                                    + ref.harmless_organism)}
-    harmful_pool, harmless_pool = load_pools()
-    hp = [r["instruction"] for r in harmful_pool if norm_key(r["instruction"]) not in banned]
-    sp = [r["instruction"] for r in harmless_pool if norm_key(r["instruction"]) not in banned]
-    return ref, hp, sp
-
-
-def heldout_instructions(exclude: Sequence[FitData], n: int = 100, side: str = "harmless",
-                         seed: int = 0) -> list[str]:
-    """``n`` public instructions of ``side`` that are in no test set, no organism training set
-    and none of the ``exclude`` fits' train/val prompts: a development set for side analyses
-    that must not touch the test prompts or the prompts a direction was fitted on."""
-    from .datasets import norm_key
-
-    if side not in ("harmful", "harmless"):
-        raise ValueError(f"side must be 'harmful' or 'harmless', got {side!r}.")
-    _, hp, sp = _public_pools()
-    used = {norm_key(x) for f in exclude for x in (f.harmful_train + f.harmful_val
-                                                   + f.harmless_train + f.harmless_val)}
-    pool = [x for x in (hp if side == "harmful" else sp) if norm_key(x) not in used]
-    random.Random(f"heldout:{side}:{seed}").shuffle(pool)
-    if len(pool) < n:
-        raise ValueError(f"Only {len(pool)} held-out {side} instructions remain; ask for fewer.")
-    return pool[:n]
 
 
 @tracked
@@ -197,6 +72,7 @@ def run_pipeline(
     ``placement``: ``load_model`` keyword arguments for a spec (device, dtype, device_map, ...).
     """
     from .categories import category_rates
+    from .datasets import default_data
     from .directions import Direction
     from .evaluation import (CI_LABEL, CI_METHOD, DECISION_RULE, evaluate_baseline,
                              evaluate_direction, evaluation_steps, summarize)
@@ -381,141 +257,6 @@ def _brief(sel) -> dict[str, Any]:
             "baseline": sel.baseline, "timing": sel.timing, "sink": sel.sink,
             "induce_bar": sel.induce_bar, "by_rule": sel.by_rule,
             "induce_among_scored": induce_ranking(sel.table(), c.layer, c.position)}
-
-
-def induce_ranking(candidates: Sequence[dict[str, Any]], layer: int, position: int
-                   ) -> dict[str, Any]:
-    """Where the chosen candidate's induce score ranks among every fully scored candidate
-    (1 = induces refusal most), and the best of them: selection minimises bypass only."""
-    scored = [c for c in candidates if c.get("scored") and isinstance(c.get("induce"), float)
-              and math.isfinite(c["induce"])]
-    chosen = next((c for c in scored if (c["layer"], c["position"]) == (layer, position)), None)
-    if chosen is None:
-        return {}
-    best = max(scored, key=lambda c: c["induce"])
-    return {"rank": 1 + sum(c["induce"] > chosen["induce"] for c in scored), "of": len(scored),
-            "best": {k: best[k] for k in ("layer", "position", "induce", "bypass")}}
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    if isinstance(x, float):
-        return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
-    return "n/a" if x is None else str(x)
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    """The human-readable summary: verdict, rates table, capability, selection, notes."""
-    from .categories import category_markdown
-    from .evaluation import CI_LABEL, CI_METHOD, DECISION_RULE
-
-    lines = [f"# Refusal direction: {r['model']}", "",
-             f"**Verdict: {r['verdict']}**  ", f"Created {r['created']}; "
-             f"{r['data']['n_harmful_test']} harmful / {r['data']['n_harmless_test']} harmless "
-             f"held-out prompts ({r['data']['name']}); seeds {r['config']['seeds']}; "
-             f"greedy, {r['config']['max_new_tokens']} new tokens; judge "
-             f"{r['config']['judge']}; run time {r['timing']['total_s'] / 60:.1f} min.", "",
-             "Decision rule (fixed before running): ablation lowers harmful refusal by >= "
-             f"{DECISION_RULE['min_drop_vs_baseline']} vs. baseline and >= "
-             f"{DECISION_RULE['min_drop_vs_random']} vs. the random direction; addition raises "
-             "harmless refusal by the same margins; every seed must pass; baseline harmful "
-             f"refusal < {DECISION_RULE['min_baseline_refusal']} gives NO-BASELINE-REFUSAL.", "",
-             *_sink_line(r), f"## Refusal rates (pooled over seeds, 95% {CI_LABEL})", "",
-             f"Intervals: {r.get('ci_method', CI_METHOD)}", "",
-             "| prompts | arm | refusal rate | 95% CI | n |", "|---|---|---|---|---|"]
-    for key, v in r["rates"].items():
-        split = ("harmless" if key.endswith("harmless") or "addition" in key else "harmful")
-        arm = key.replace("_harmful", "").replace("_harmless", "").replace("_", " ")
-        lines.append(f"| {split} | {arm} | {_f(v['rate'], 2)} | [{_f(v['ci_low'], 2)}, "
-                     f"{_f(v['ci_high'], 2)}] | {v['n']} |")
-    lines += ["", *category_markdown(r.get("category_rates"))]
-    lines += ["## Capability (harmless test prompts; CE of the "
-              f"{r.get('ce_text', 'baseline completions')}, "
-              "KL at the last prompt position vs. baseline)", "",
-              "| model | CE (nats/token) | KL |", "|---|---|---|"]
-    for k, v in r["capability"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {_f(v['ce'])} | {_f(v['kl'], 4)} |")
-    lines += ["", "## Per seed", "", "| seed | layer | position | rule | bypass | induce | KL | "
-              "ablation | random abl. | addition | random add. | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in r["seeds"]:
-        sel = r["selection"].get(str(s["seed"]), {})
-        d = r["directions"][str(s["seed"])]
-        rt = s["rates"]
-        g = lambda k: _f(rt[k]["rate"], 2) if k in rt else "n/a"  # noqa: E731
-        lines.append(f"| {s['seed']} | {d['layer']} | {d['position']} | "
-                     f"{'fallback' if sel.get('fallback') else 'strict'} | {_f(sel.get('bypass'))} "
-                     f"| {_f(sel.get('induce'))} | {_f(sel.get('kl'))} | {g('ablation')} | "
-                     f"{g('random_ablation')} | {g('addition')} | {g('random_addition')} | "
-                     f"{s['decision']['verdict']} |")
-    lines += ["", "## Target bars", "", "| quantity | value | bar | met |", "|---|---|---|---|"]
-    for k, v in r["targets"].items():
-        lines.append(f"| {k.replace('_', ' ')} | {_f(v['value'])} | {v['bar']} | "
-                     f"{'yes' if v['met'] else '**no**'} |")
-    sel_notes = [f"seed {s}: selection rule '{v['rule']}' (random-direction KL "
-                 f"{_f(v['kl_random'], 4)}; harmful kept {v['filtering']['harmful_kept']}/"
-                 f"{v['filtering']['harmful_total']}, harmless kept "
-                 f"{v['filtering']['harmless_kept']}/{v['filtering']['harmless_total']})"
-                 for s, v in r["selection"].items()]
-    missed = [f"target '{k}' missed: {_f(v['value'])} (bar {v['bar']}){_why(k, r)}"
-              for k, v in r["targets"].items() if not v["met"]]
-    failed = [f"seed {s['seed']}: decision check '{c}' failed" for s in r["seeds"]
-              for c, ok in s["decision"]["checks"].items() if not ok]
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in sel_notes + r["notes"] + missed + failed]
-    lines += ["", f"Refusal tokens: {r['refusal_tokens']['tokens']} "
-              f"({r['refusal_tokens']['source']}).", ""]
-    return "\n".join(lines)
-
-
-def _sink_line(r: dict[str, Any]) -> list[str]:
-    sinks = [v.get("sink", {}) for v in r["selection"].values()]
-    if not sinks or not any(x.get("rank") for x in sinks):
-        return (["Directions: the paper's raw differences in means (no attention-sink "
-                 "projection).", ""] if sinks else [])
-    ranks = sorted({x.get("rank") for x in sinks})
-    kept = ", ".join(f"{x.get('kept_norm_frac_chosen', math.nan):.3f}" for x in sinks)
-    return [f"Directions: differences in means projected off the first token's residual "
-            f"subspace (the attention sink; rank {ranks}, {sinks[0].get('energy')} of its "
-            f"energy); the chosen vectors keep {kept} of their norm. Random controls are drawn "
-            "off the same subspace. `--sink-energy 0` gives the paper's exact vectors.", ""]
-
-
-def _why(target: str, r: dict[str, Any]) -> str:
-    """A data-based reason for a missed target bar (empty when none is evident)."""
-    rates, cap = r["rates"], r["capability"]
-    rate = lambda k: rates[k]["rate"] if k in rates else math.nan  # noqa: E731
-    base_h, base_s = rate("baseline_harmful"), rate("baseline_harmless")
-    if target == "random_ablation" and base_h < 0.8:
-        return (f": the unintervened model refuses only {base_h:.2f} of the held-out harmful "
-                "prompts, so no control arm can reach the bar")
-    if target == "random_ablation":
-        return (f": a random direction alone lowers refusal from {base_h:.2f}, so part of the "
-                "effect is a generic ablation cost")
-    if target == "ablation":
-        return (f": the direction removes refusal on {base_h - rate('ablation'):.2f} of the "
-                "prompts (absolute); the rest refuse through something it does not capture")
-    if target == "random_addition" and rate("random_addition") > base_s:
-        return (f": adding a norm-matched random vector itself raises refusal from {base_s:.2f},"
-                " so the vector's norm, not only its direction, matters")
-    if target == "addition":
-        why = f": addition raises harmless refusal from {base_s:.2f} only"
-        ranks = {s: v.get("induce_among_scored") or {} for s, v in r["selection"].items()}
-        worse = {s: x for s, x in ranks.items() if x.get("rank", 1) > 1}
-        if worse:
-            why += ("; the chosen candidates are not the ones that induce refusal "
-                    "best on the validation prompts: " + "; ".join(
-                        f"seed {s}: induce {r['selection'][s]['induce']:.2f}, rank {x['rank']} of "
-                        f"{x['of']} scored (best: layer {x['best']['layer']}, position "
-                        f"{x['best']['position']}, {x['best']['induce']:.2f})"
-                        for s, x in worse.items()))
-        return why
-    if target == "orthogonalized_ce" and "random_ablation" in cap:
-        b = cap["baseline"]["ce"]
-        rnd = cap["random_ablation"]["ce"] / b - 1 if b else math.nan
-        return (f": ablating a random direction changes CE by {rnd:+.1%}, so "
-                f"{'most' if rnd > 0.5 * (cap['orthogonalized']['ce'] / b - 1) else 'some'} of "
-                "the cost is direction-agnostic (projecting any direction out of large "
-                "residuals such as the first token's)" if b else "")
-    return ""
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

@@ -176,7 +176,7 @@ def sweep_command(a: Any) -> int:
                                 "Direction.save() or run `refusal-lens run` first.")
     from .model import load_model
     from .paths import atomic_write_text
-    from .pipeline import default_data
+    from .datasets import default_data
     from .plots import save_figure, strength_sweep_figure
     from .selection import dumps
 

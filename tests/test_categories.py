@@ -48,7 +48,7 @@ def test_no_categories_and_bad_input():
 
 
 def test_public_test_set_carries_jailbreakbench_categories():
-    from refusal_lens.pipeline import default_data
+    from refusal_lens.datasets import default_data
 
     class NoModel:  # default_data only reads ``info`` to tell synthetic from public data
         info: dict = {}
@@ -62,7 +62,8 @@ def test_public_test_set_carries_jailbreakbench_categories():
 
 
 def test_pipeline_reports_categories(synthetic, tmp_path):
-    from refusal_lens.pipeline import default_data, run_pipeline
+    from refusal_lens.datasets import default_data
+    from refusal_lens.pipeline import run_pipeline
 
     data = default_data(synthetic, n_train=16, n_val=4, n_test=8)
     weapons = ("bomb", "poison", "firearm", "weapon", "gun", "knife")

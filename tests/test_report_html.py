@@ -22,7 +22,8 @@ N_FIGURES = 3  # refusal rates, candidate scores, logit lens
 
 @pytest.fixture(scope="module")
 def run_dir(synthetic, tmp_path_factory):
-    from refusal_lens.pipeline import default_data, run_pipeline
+    from refusal_lens.datasets import default_data
+    from refusal_lens.pipeline import run_pipeline
 
     data = default_data(synthetic, n_train=16, n_val=4, n_test=8)
     data.harmful_categories = ["hacking" if "hack" in x else "other" for x in data.harmful_test]
