@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 from refusal_lens import load_model
+from refusal_lens.cli_suffix import add_search_options, search_config
 from refusal_lens.datasets import load_splits
+from refusal_lens.gcg import GCGConfig, gcg_search
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.plots import save_figure, suffix_effect_figure
-from refusal_lens.suffixes import (GCGConfig, gcg_search, measure_effect, random_suffix,
-                                   refused_prompts, shipped_suffix)
+from refusal_lens.suffixes import measure_effect, random_suffix, refused_prompts, shipped_suffix
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 SHIPPED = Path(__file__).resolve().parents[1] / "refusal_lens" / "data" / "suffixes.json"
@@ -31,7 +32,8 @@ def replay_command(args: argparse.Namespace, cfg: GCGConfig, steps: int) -> str:
     parts = ["python analyses/suffix_search.py --search", f"--model {args.model}",
              f"--n-prompts {args.n_prompts}", f"--steps {steps}", f"--suffix-len {cfg.n_tokens}",
              f"--topk {cfg.topk}", f"--batch {cfg.batch}", f"--seed {cfg.seed}",
-             f"--target {shlex.quote(cfg.target)}", "--no-early-stop" if not cfg.early_stop else "",
+             f"--target {shlex.quote(cfg.target)}", f"--refusal-weight {cfg.refusal_weight}",
+             "--no-early-stop" if not cfg.early_stop else "",
              f"--init {shlex.quote(cfg.init)}" if cfg.init else "", "--max-minutes 1e9"]
     return " ".join(p for p in parts if p)
 
@@ -40,16 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="embedded")
     p.add_argument("--search", action="store_true", help="run GCG and rewrite the shipped entry")
-    p.add_argument("--n-prompts", type=int, default=3)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--suffix-len", type=int, default=20)
-    p.add_argument("--topk", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", default="Sure, here is")
-    p.add_argument("--max-minutes", type=float, default=20.0)
-    p.add_argument("--no-early-stop", action="store_true",
-                   help="keep optimising after the target is reached on every train prompt")
+    add_search_options(p)  # the same options and defaults as `refusal-lens suffix search`
     p.add_argument("--record", action="store_true",
                    help="without --search: re-measure the shipped suffix on the current model "
                         "and record that effect in the shipped entry")
@@ -87,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         adapter["adapter_sha256"] = embedded.file_sha256(embedded.ADAPTER_FILE)
     if args.search:
         prompts = refused_prompts(model, splits.harmful_train, args.n_prompts)
-        cfg = GCGConfig(n_tokens=args.suffix_len, steps=args.steps, topk=args.topk,
-                        batch=args.batch, target=args.target, seed=args.seed,
-                        max_seconds=60 * args.max_minutes, early_stop=not args.no_early_stop,
-                        init=args.init or (data.get(args.model, {}).get("suffix")
-                                           if args.init_shipped else None))
+        cfg = search_config(args, init=args.init or (data.get(args.model, {}).get("suffix")
+                                                     if args.init_shipped else None))
         res = gcg_search(model, prompts, cfg)
         entry = {k: v for k, v in res.to_dict().items() if k not in ("extra",)}
         entry["command"] = command

@@ -48,7 +48,7 @@ DEFAULT_TARGET = "Sure, here is"
 
 @dataclass
 class GCGConfig:
-    """Search settings of :func:`refusal_lens.suffixes.gcg_search`."""
+    """Search settings of :func:`refusal_lens.gcg.gcg_search`."""
 
     n_tokens: int = 20
     steps: int = 100

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_lens.suffixes import (GCGConfig, SuffixError, apply_suffix, gcg_search,
-                                   ids_to_suffix, in_context_ok, random_suffix,
-                                   suffix_conditions, suffix_ids, suffix_vocab)
+from refusal_lens.gcg import GCGConfig, gcg_search
+from refusal_lens.suffixes import (SuffixError, apply_suffix, ids_to_suffix, in_context_ok,
+                                   random_suffix, suffix_conditions, suffix_ids, suffix_vocab)
 
 
 @pytest.fixture(scope="module", autouse=True)
