@@ -30,7 +30,8 @@ from refusal_lens.category_directions import (
 from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
-from refusal_lens.plots import categories_figure, save_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import categories_figure
 from refusal_lens.selection import RULES, dumps, rule_direction_path
 
 FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"

@@ -28,7 +28,8 @@ from refusal_lens.direction_comparison import chance_cosine, layer_cosines, laye
 from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.pipeline import default_data
-from refusal_lens.plots import direction_comparison_figure, save_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import direction_comparison_figure
 from refusal_lens.selection import dumps
 
 

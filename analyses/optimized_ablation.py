@@ -30,7 +30,8 @@ from refusal_lens.optimized_ablation import (
 from refusal_lens.export import export_hf
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
-from refusal_lens.plots import pareto_figure, save_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import pareto_figure
 from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.sweeps import Meter
 

@@ -28,7 +28,8 @@ from refusal_lens.evaluation import evaluate_baseline, evaluate_direction, summa
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
 from refusal_lens.report_md import induce_ranking
-from refusal_lens.plots import save_figure, selection_rules_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import selection_rules_figure
 from refusal_lens.scoring import discover_refusal_tokens
 from refusal_lens.selection import (
     RULES,

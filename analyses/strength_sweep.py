@@ -22,7 +22,8 @@ from refusal_lens import load_model
 from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
-from refusal_lens.plots import save_figure, strength_sweep_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import strength_sweep_figure
 from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
 from refusal_lens.sweeps import strength_sweep

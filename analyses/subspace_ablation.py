@@ -21,7 +21,8 @@ from refusal_lens import load_model
 from refusal_lens.directions import Direction
 from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
-from refusal_lens.plots import save_figure, subspace_figure
+from refusal_lens.figure_files import save_figure
+from refusal_lens.plots_beyond import subspace_figure
 from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.subspace import refusal_subspace, subspace_sweep
 

@@ -177,7 +177,8 @@ def sweep_command(a: Any) -> int:
     from .model import load_model
     from .paths import atomic_write_text
     from .datasets import default_data
-    from .plots import save_figure, strength_sweep_figure
+    from .figure_files import save_figure
+    from .plots_beyond import strength_sweep_figure
     from .selection import dumps
 
     model = load_model(a.model)

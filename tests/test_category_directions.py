@@ -49,7 +49,7 @@ def test_bad_inputs(synthetic, planted):
 
 
 def test_categories_figure(cats, planted):
-    from refusal_lens.plots import categories_figure
+    from refusal_lens.plots_beyond import categories_figure
 
     syn, d = planted
     cos = cosine_matrix(torch.cat([cats["vectors"], d.vector.double()[None]])).tolist()

@@ -70,7 +70,7 @@ def test_sweep_moves_refusal_with_strength(swept):
 
 
 def test_sweep_figure(swept):
-    from refusal_lens.plots import strength_sweep_figure
+    from refusal_lens.plots_beyond import strength_sweep_figure
 
     fig = strength_sweep_figure([swept, swept | {"seed": 1}])
     assert len(fig.data) == 16  # 2 seeds x 2 panels x (direction, random) x (rate, CE)
