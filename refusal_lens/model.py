@@ -152,7 +152,51 @@ class LensModel:
         """Format then tokenize instructions."""
         return self.tokenize(self.format(instructions, system))
 
-    # ---- running ------------------------------------------------------------------------
+    # ---- running (TransformerLens's verbs) -----------------------------------------------
+    def to_tokens(self, prompts: str | Sequence[str], system: str | None = None
+                  ) -> Int[Tensor, "batch seq"]:
+        """Chat-format instructions and tokenize them: left-padded token ids, on the model's
+        device (as TransformerLens's ``to_tokens``, but through the chat template; the mask
+        of a padded batch: ``encode_instructions``)."""
+        return self.encode_instructions([prompts] if isinstance(prompts, str) else prompts,
+                                        system).input_ids
+
+    def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (),
+              reset_hooks_end: bool = True, clear_contexts: bool = False) -> Any:
+        """Context manager: ``(hook name, fn(act, hook))`` hooks that are live inside the
+        ``with`` block and removed after it (TransformerLens's ``hooks``, on the bridge)."""
+        return self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks),
+                                 reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts)
+
+    @torch.no_grad()
+    def run_with_cache(self, prompts_or_tokens: str | Sequence[str] | Tensor | Batch,
+                       names_filter: Any = None, *, system: str | None = None,
+                       **kwargs: Any) -> tuple[Tensor, Any]:
+        """``(logits, ActivationCache)``, logits first as in TransformerLens.
+
+        ``prompts_or_tokens``: instructions (chat-formatted and tokenized here, padding masked
+        out), a :class:`Batch`, or a tensor of token ids (run as given, no mask).
+        ``names_filter``: hook names (a name, a list, or a predicate; default: every hook);
+        other keyword arguments go to the bridge's ``run_with_cache`` (e.g. ``stop_at_layer``).
+        """
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if isinstance(names_filter, (list, tuple)):
+            missing = [n for n in names_filter if n not in self.bridge.hook_dict]
+            if missing:
+                raise KeyError(f"Unknown hook names {missing}; see model.bridge.hook_dict for "
+                               "valid ones.")
+            names_filter = list(names_filter)
+        if isinstance(prompts_or_tokens, Tensor):
+            return self.bridge.run_with_cache(prompts_or_tokens.to(self.device),
+                                              names_filter=names_filter, **kwargs)
+        batch = (prompts_or_tokens if isinstance(prompts_or_tokens, Batch)
+                 else self.encode_instructions(
+                     [prompts_or_tokens] if isinstance(prompts_or_tokens, str)
+                     else prompts_or_tokens, system))
+        return self.bridge.run_with_cache(batch.input_ids, names_filter=names_filter,
+                                          **batch.forward_kwargs(), **kwargs)
+
     @torch.no_grad()
     def logits(self, batch: Batch, fwd_hooks: Sequence = ()) -> Tensor:
         """Logits of a batch (optionally under forward hooks)."""
@@ -166,9 +210,13 @@ class LensModel:
         return resid_means(self, instructions, **kwargs)
 
     def cache(self, instructions: Sequence[str], names: Sequence[str], **kwargs: Any) -> Any:
-        """An ``ActivationCache`` of the named hooks; see :func:`refusal_lens.activations.run_cache`."""
+        """Deprecated: use :meth:`run_with_cache`, which returns the logits first as
+        TransformerLens does (this returns ``(None, cache)``; see
+        :func:`refusal_lens.activations.run_cache`)."""
         from .activations import run_cache
 
+        warnings.warn("LensModel.cache() is deprecated: use model.run_with_cache(prompts, "
+                      "names), which returns (logits, cache).", DeprecationWarning, stacklevel=2)
         return run_cache(self, instructions, names, **kwargs)
 
     def __repr__(self) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_lens.activations import ActivationError, resid_hook_name
+from refusal_lens.activations import ActivationError, resid_hook_name, run_cache
 
 
 def _one_batch_mean(model, instructions, layers, positions):
     names = [resid_hook_name(l) for l in layers]
-    _, cache = model.cache(instructions, names)
+    _, cache = run_cache(model, instructions, names)
     batch = model.encode_instructions(instructions)
     stacked = torch.stack([batch.gather(cache[n], positions) for n in names])  # layer b pos d
     return stacked.double().mean(1)
@@ -52,7 +52,7 @@ def test_bad_arguments(synthetic):
     with pytest.raises(ValueError, match="negative offsets"):
         synthetic.resid_means(["hi"], positions=[0])
     with pytest.raises(KeyError, match="Unknown hook"):
-        synthetic.cache(["hi"], ["blocks.0.hook_nothing"])
+        run_cache(synthetic, ["hi"], ["blocks.0.hook_nothing"])
 
 
 def test_nan_activations_are_reported(synthetic):

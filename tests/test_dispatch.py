@@ -149,8 +149,8 @@ def test_same_logits_and_residual_means(synthetic, offloaded, prompts):
     assert torch.equal(mean_diff_candidates(offloaded, harmful, harmless),
                        mean_diff_candidates(synthetic, harmful, harmless))
     names = [f"blocks.{l}.hook_resid_post" for l in range(synthetic.n_layers)]
-    _, a = synthetic.cache(harmful[:3], names)
-    _, b = offloaded.cache(harmful[:3], names)
+    _, a = synthetic.run_with_cache(harmful[:3], names)
+    _, b = offloaded.run_with_cache(harmful[:3], names)
     assert all(torch.equal(a[n], b[n]) for n in names)
 
 

@@ -93,9 +93,9 @@ def _check_component_removed(m, direction, prompts, planted: bool):
     names = _resid_names(m)
     batch = m.encode_instructions(prompts)
     real = batch.attention_mask.bool()
-    _, before = m.cache(prompts, names)
+    _, before = m.run_with_cache(prompts, names)
     with ablated(m, direction):
-        _, after = m.cache(prompts, names)
+        _, after = m.run_with_cache(prompts, names)
     for name in names:
         proj = after[name].double() @ unit.double().to(after[name].device)
         scale = after[name][real].norm(dim=-1).max().item()

@@ -142,3 +142,62 @@ def test_truncated_weights_are_a_clear_error_with_a_cache_hint(model_copy, monke
     monkeypatch.setenv("REFUSAL_LENS_CACHE", str(model_copy.parent))  # as if it were cached
     with pytest.raises(ModelLoadError, match=r"in the refusal_lens cache: delete .*model"):
         refusal_lens.load_model(str(model_copy))
+
+
+# --------------------------------------------------------------------------- TransformerLens verbs
+def test_to_tokens_chat_formats_and_tokenizes(synthetic):
+    prompts = synthetic.info["synthetic"].harmful[:3]
+    tokens = synthetic.to_tokens(prompts)
+    assert torch.equal(tokens, synthetic.encode_instructions(prompts).input_ids)
+    assert torch.equal(synthetic.to_tokens(prompts[0]), synthetic.to_tokens(prompts[:1]))
+
+
+def test_run_with_cache_returns_logits_first(synthetic):
+    prompts = synthetic.info["synthetic"].harmful[:3]
+    names = ["blocks.0.hook_resid_pre", f"blocks.{synthetic.n_layers - 1}.hook_resid_post"]
+    logits, cache = synthetic.run_with_cache(prompts, names)
+    batch = synthetic.encode_instructions(prompts)
+    assert torch.equal(logits, synthetic.logits(batch))
+    assert all(n in cache for n in names)  # (the bridge also files them under its own names)
+    assert cache[names[0]].shape == (*batch.input_ids.shape, synthetic.d_model)
+    # a Batch or a single prompt work too; unknown names are refused
+    logits_b, _ = synthetic.run_with_cache(batch, names[0])
+    assert torch.equal(logits_b, logits)
+    one, _ = synthetic.run_with_cache(prompts[0], names)
+    assert one.shape[0] == 1
+    with pytest.raises(KeyError, match="Unknown hook"):
+        synthetic.run_with_cache(prompts, ["blocks.0.hook_nothing"])
+
+
+def test_run_with_cache_on_unpadded_tokens_equals_prompts(synthetic):
+    prompt = synthetic.info["synthetic"].harmful[:1]
+    name = "blocks.1.hook_resid_post"
+    from_prompt, a = synthetic.run_with_cache(prompt, [name])
+    from_tokens, b = synthetic.run_with_cache(synthetic.to_tokens(prompt), [name])
+    assert torch.equal(from_prompt, from_tokens) and torch.equal(a[name], b[name])
+
+
+def test_hooks_context_manager_scopes_hooks(synthetic):
+    prompts = synthetic.info["synthetic"].harmful[:2]
+    batch = synthetic.encode_instructions(prompts)
+    clean = synthetic.logits(batch)
+    seen = []
+
+    def zero(x, hook):
+        seen.append(hook.name)
+        return torch.zeros_like(x)
+
+    with synthetic.hooks(fwd_hooks=[("blocks.1.hook_resid_post", zero)]):
+        hooked, _ = synthetic.run_with_cache(batch, ["blocks.1.hook_resid_post"])
+    assert len(seen) == 1  # fired once (``hook.name`` is the bridge's name for the point)
+    assert not torch.equal(hooked, clean)
+    assert torch.equal(synthetic.logits(batch), clean)  # removed on exit
+
+
+def test_cache_is_deprecated_for_run_with_cache(synthetic):
+    prompts = synthetic.info["synthetic"].harmful[:2]
+    with pytest.warns(DeprecationWarning, match="run_with_cache"):
+        none, cache = synthetic.cache(prompts, ["blocks.0.hook_resid_pre"])
+    assert none is None
+    _, ref = synthetic.run_with_cache(prompts, ["blocks.0.hook_resid_pre"])
+    assert torch.equal(cache["blocks.0.hook_resid_pre"], ref["blocks.0.hook_resid_pre"])
