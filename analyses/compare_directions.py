@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from refusal_lens import load_model
+from refusal_lens.datasets import default_data
 from refusal_lens.direction_comparison import chance_cosine, layer_cosines, layer_mean_diffs
 from refusal_lens.directions import Direction
-from refusal_lens.paths import atomic_write_text
-from refusal_lens.pipeline import default_data
 from refusal_lens.figure_files import save_figure
+from refusal_lens.paths import atomic_write_text
 from refusal_lens.plots_beyond import direction_comparison_figure
 from refusal_lens.selection import dumps
 

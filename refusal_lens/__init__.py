@@ -17,17 +17,29 @@ __version__ = "0.1.0"
 # (refusal_lens.console), so the hint is noise. Installing ipywidgets gives widget bars instead.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-# public name -> module that defines it (imported on first attribute access)
+# public name -> module that defines it (imported on first attribute access): the verbs of a
+# notebook, in the order of the work (load -> data -> directions -> interventions -> generation
+# -> judging -> selection / evaluation -> weight edits -> section 5 -> the whole pipeline)
 _LAZY: dict[str, str] = {
     "LensModel": "model", "load_model": "model",
-    "load_splits": "datasets",
+    "load_splits": "datasets", "default_data": "datasets",
     "Direction": "directions", "mean_diff_candidates": "directions", "random_like": "directions",
+    "shipped_direction": "shipped",
     "ablation_hooks": "interventions", "addition_hooks": "interventions",
+    "ablated": "interventions", "added": "interventions",
     "generate": "generation",
     "SubstringJudge": "scoring", "discover_refusal_tokens": "scoring", "refusal_rate": "scoring",
+    "refusal_metric": "scoring", "completion_cross_entropy": "scoring",
     "SelectionConfig": "selection", "select_direction": "selection",
     "decide": "evaluation", "rate_summary": "evaluation",
-    "orthogonalize": "orthogonalize",
+    "orthogonalize": "orthogonalize", "export_model": "export",
+    "logit_lens": "logit_lens",
+    "apply_suffix": "suffixes", "random_suffix": "suffixes", "shipped_suffix": "suffixes",
+    "gcg_search": "gcg",
+    "suffix_analysis": "traces", "cosine_traces": "traces",
+    "direct_feature_attribution": "attribution", "dfa_by_condition": "attribution",
+    "head_table": "attribution",
+    "attention_shift": "attention", "head_names": "attention",
     "run_pipeline": "pipeline",
 }
 
