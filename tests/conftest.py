@@ -103,3 +103,18 @@ def bpe_tokenizer():
         return tok
 
     return build
+
+
+@pytest.fixture
+def shipped_adapter():
+    """Skip unless the embedded GGUF and the shipped organism adapter are installed."""
+    from refusal_lens.embedded import ADAPTER_FILE, EmbeddedModelMissing, gguf_path
+
+    try:
+        gguf_path()
+    except EmbeddedModelMissing as exc:  # pragma: no cover
+        pytest.skip(str(exc))
+    if not ADAPTER_FILE.is_file():  # pragma: no cover
+        pytest.skip("no shipped organism adapter")
+    return ADAPTER_FILE
+
