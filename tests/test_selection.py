@@ -110,15 +110,15 @@ def test_joint_pick_maximises_the_worse_rank():
 def test_joint_rule_keeps_the_fallback_chain(synthetic):
     """Both rules pick within the first filter tier that has candidates: a candidate failing
     the KL filter is never taken by 'joint' while another passes it."""
-    from refusal_lens.selection import _choose
+    from refusal_lens.selection import choose
 
     cfg = SelectionConfig(kl_threshold=0.1)
     good = _cand(1, bypass=-1.0, induce=0.5, kl=0.05)
     loud = _cand(2, bypass=-9.0, induce=9.0, kl=5.0)  # best at both, fails KL
     for rule in ("paper", "joint"):
-        chosen, text, fallback, _ = _choose([good, loud], cfg, 3, 0.01, [], rule, record=False)
+        chosen, text, fallback, _ = choose([good, loud], cfg, 3, 0.01, [], rule, record=False)
         assert chosen is good and not fallback, rule
-    chosen, text, fallback, _ = _choose([loud], cfg, 3, 0.01, [], "joint", record=False)
+    chosen, text, fallback, _ = choose([loud], cfg, 3, 0.01, [], "joint", record=False)
     assert chosen is loud and fallback and "worse-of-two" in text
 
 
@@ -154,7 +154,7 @@ def test_rules_on_the_same_scores(synthetic, data, strict):
 def test_induce_bar_is_the_papers_zero_or_the_models_own_harmful_level(strict):
     """bar = min(0, harmful val mean metric): 0 where the model's harmful prompts sit above 0,
     their own level where they sit below it (a candidate at -0.5 then passes a bar of -0.75)."""
-    from refusal_lens.selection import _choose, induce_bar
+    from refusal_lens.selection import choose, induce_bar
 
     assert induce_bar(2.5) == 0.0 and induce_bar(0.0) == 0.0
     assert induce_bar(-0.75) == -0.75
@@ -163,9 +163,9 @@ def test_induce_bar_is_the_papers_zero_or_the_models_own_harmful_level(strict):
     cfg = SelectionConfig(kl_threshold=0.1)
     weak = _cand(1, bypass=-2.0, induce=-0.5, kl=0.05)
     for bar, fallback in ((0.0, True), (-0.75, False)):
-        chosen, text, fb, _ = _choose([weak], cfg, 3, 0.01, [], "paper", record=False, bar=bar)
+        chosen, text, fb, _ = choose([weak], cfg, 3, 0.01, [], "paper", record=False, bar=bar)
         assert chosen is weak and fb is fallback, bar
-    assert "induce > -0.75" in _choose([weak], cfg, 3, 0.01, [], "paper", record=False,
+    assert "induce > -0.75" in choose([weak], cfg, 3, 0.01, [], "paper", record=False,
                                        bar=-0.75)[1]
     assert strict.induce_bar == induce_bar(strict.baseline["harmful_val_metric"])
     assert strict.to_json()["induce_bar"] == strict.induce_bar
