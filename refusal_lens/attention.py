@@ -92,7 +92,8 @@ def attention_to_spans(
         rows = torch.arange(batch.input_ids.shape[0])
         last = batch.ends.cpu() - 1
         pats = {l: cap.acts[n][rows.to(cap.acts[n].device), :, last.to(cap.acts[n].device)]
-                .to(inst.device, torch.float64) for l, n in zip(layers, names)}  # (batch, head, key)
+                .to(inst.device, torch.float64)  # (batch, head, key)
+                for l, n in zip(layers, names)}
         p = torch.stack([pats[l][:, h] for l, h in heads], 1)  # (batch, k, key)
         a = (p * inst[:, None].to(p.dtype)).sum(-1)
         b = (p * suf[:, None].to(p.dtype)).sum(-1)

@@ -44,8 +44,8 @@ from .placement import execution_device
 if TYPE_CHECKING:
     from .model import Batch, LensModel
 
-__all__ = ["Intervention", "HookList", "ActivationError", "intervening", "choose_backend", "running", "forward",
-           "last_logits", "Capture", "collect", "decode", "layer_device"]
+__all__ = ["Intervention", "HookList", "ActivationError", "intervening", "choose_backend",
+           "running", "forward", "last_logits", "Capture", "collect", "decode", "layer_device"]
 
 HookList = list[tuple[str, Callable]]
 
@@ -90,8 +90,8 @@ class Intervention:
             raise InputError(f"op must be one of {OPS}, got {self.op!r}.")
         if (self.op == "read") != (self.vectors is None) or (self.op == "read") != callable(
                 self.reader):
-            raise InputTypeError("op 'read' takes a callable reader and no vectors; the others take "
-                                 "vectors and no reader.")
+            raise InputTypeError("op 'read' takes a callable reader and no vectors; the "
+                                 "others take vectors and no reader.")
         want = 2 if self.op == "ablate_grouped" else 1
         if self.vectors is not None and self.vectors.dim() != want:
             raise InputError(f"op {self.op!r} takes a {want}-D vectors tensor, got shape "

@@ -32,7 +32,8 @@ from .interventions import HookList, Intervention, ablation
 if TYPE_CHECKING:
     from .model import LensModel
 
-__all__ = ["site_activations", "refusal_subspace", "random_subspace", "subspace_ablation", "subspace_ablation_hooks",
+__all__ = ["site_activations", "refusal_subspace", "random_subspace", "subspace_ablation",
+           "subspace_ablation_hooks",
            "subspace_sweep"]
 
 

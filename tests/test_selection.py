@@ -202,3 +202,64 @@ def test_choose_from_a_recorded_table(synthetic, strict):
         choose_from_table([], 0.1, synthetic.n_layers, "paper")
     with pytest.raises(SelectionError, match="rule"):
         choose_from_table(table, 0.1, synthetic.n_layers, "best")
+
+
+def _per_prompt_fit(model, harmful, harmless, ids, layers, positions, batch_size=32,
+                    min_kept=4):
+    """The fit as selection computed it before it used mean_diff_candidates: per-prompt float32
+    activations and refusal metric (bridge hooks), filtered, averaged in float64."""
+    from refusal_lens.batching import iter_batches
+    from refusal_lens.scoring import refusal_metric
+
+    def side(prompts):
+        acts, metrics, cur = [], [], {}
+
+        def grab(i):
+            def fn(x, hook=None):
+                cur[i] = x[:, positions].float().cpu()
+                return x
+            return fn
+
+        hooks = [(f"blocks.{l}.hook_resid_pre", grab(i)) for i, l in enumerate(layers)]
+        for batch in iter_batches(model, prompts, batch_size, sort_by_length=True,
+                                  max_tokens=64 * batch_size):
+            metrics.append(refusal_metric(model.logits(batch, hooks)[:, -1].float(), ids))
+            acts.append(torch.stack([cur[i] for i in range(len(layers))], 1))
+        return torch.cat(acts), torch.cat(metrics)
+
+    (a_h, m_h), (a_s, m_s) = side(harmful), side(harmless)
+    keep_h, keep_s = m_h > 0, m_s < 0
+    if int(keep_h.sum()) < min_kept:
+        keep_h[:] = True
+    if int(keep_s.sum()) < min_kept:
+        keep_s[:] = True
+    return a_h[keep_h].double().mean(0) - a_s[keep_s].double().mean(0)
+
+
+def test_fit_with_mean_diff_candidates_equals_the_per_prompt_fit(synthetic, data, strict,
+                                                                 monkeypatch):
+    """Selection's filtered difference in means (mean_diff_candidates, float64 streaming sums)
+    equals the per-prompt fit it replaced, and selection chooses the same candidate from it."""
+    import math
+
+    import refusal_lens.selection as selection
+
+    layers = list(range(math.ceil(0.8 * synthetic.n_layers)))  # the layers selection fits
+    positions = synthetic.post_instruction_positions
+    new, info = selection.filter_and_fit(synthetic, data["harmful_train"],
+                                         data["harmless_train"], data["refusal_ids"], layers,
+                                         positions, progress=False)
+    old = _per_prompt_fit(synthetic, data["harmful_train"], data["harmless_train"],
+                          data["refusal_ids"], layers, positions)
+    assert new.dtype == torch.float64 and new.shape == old.shape
+    live = old.norm(dim=-1) > 1e-6 * old.norm(dim=-1).max()
+    cos = torch.nn.functional.cosine_similarity(new, old, dim=-1)[live]
+    assert float(cos.min()) > 0.99999
+    assert torch.allclose(new, old, rtol=0, atol=1e-5 * float(old.abs().max()))
+    assert info["harmful_kept"] >= 4 and info["harmless_kept"] >= 4
+    assert not info["harmful_unfiltered"] and not info["harmless_unfiltered"]
+
+    monkeypatch.setattr(selection, "filter_and_fit", lambda *a, **k: (old, info))
+    again = select_direction(synthetic, **data, config=SelectionConfig(top_k=4), progress=False)
+    assert (again.direction.layer, again.direction.position) == (strict.direction.layer,
+                                                                strict.direction.position)
