@@ -20,7 +20,7 @@ The float difference between them: with the model's own attention and no shared 
 plain path's logits and activations equal the bridge's bit for bit. A shared prefix changes
 the order of float operations (logits within 1e-5 absolute on the synthetic model), and
 decoding with ``attn="sdpa"`` another kernel (about 1e-4 on the embedded model's logits, the
-same greedy text). Both are tested in ``tests/test_execution.py``.
+same greedy text); tested in ``tests/test_execution.py``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Intervention:
     """
 
     op: Literal["ablate", "ablate_grouped", "add", "read"]
-    vectors: Tensor | None
+    vectors: Float[Tensor, "*k d_model"] | None
     layers: tuple[int, ...]
     points: tuple[str, ...]
     coeff: float = 1.0
@@ -173,11 +173,10 @@ def intervening(model: "LensModel", interventions: Sequence[Intervention]
         raise InputError("intervening takes ablations and additions; grouped ablation and "
                          "reads are per call (forward / collect).")
     rendered = [iv.hooks(model) for iv in ivs]
-    hooks = [h for r in rendered for h in r]
     token = _SCOPED.set(_SCOPED.get() + tuple((model, iv, frozenset(id(fn) for _, fn in r))
                                               for iv, r in zip(ivs, rendered)))
     try:
-        with model.bridge.hooks(fwd_hooks=hooks):
+        with model.bridge.hooks(fwd_hooks=[h for r in rendered for h in r]):
             yield model
     finally:
         _SCOPED.reset(token)
@@ -235,18 +234,18 @@ def running(model: "LensModel", interventions: Sequence[Intervention] = (),
     on exit). ``attn`` (e.g. ``"sdpa"``) switches the plain path's attention implementation
     for the duration; the bridge always runs the model's own."""
     ivs = _checked(interventions)
-    if choose_backend(model, ivs, fwd_hooks, backend) == "bridge":
-        hooks = [h for iv in ivs for h in iv.hooks(model)] + list(fwd_hooks)
-        with model.bridge.hooks(fwd_hooks=hooks):  # scoped ones are live on it already
-            yield model.hf_model
-        return
-    points = residual_modules(model)
-    plan: dict[tuple[int, str], tuple[nn.Module, str, list]] = {}
-    for iv in [iv for iv, _ in _scoped(model)] + ivs:
-        for name, fn in iv.functions(model):
-            kind, module = points[name]
-            plan.setdefault((id(module), kind), (module, kind, []))[2].append(fn)
     with ExitStack() as stack:
+        if choose_backend(model, ivs, fwd_hooks, backend) == "bridge":  # scoped ones are live
+            hooks = [h for iv in ivs for h in iv.hooks(model)] + list(fwd_hooks)
+            stack.enter_context(model.bridge.hooks(fwd_hooks=hooks))
+            yield model.hf_model
+            return
+        points = residual_modules(model)
+        plan: dict[tuple[int, str], tuple[nn.Module, str, list]] = {}
+        for iv in [iv for iv, _ in _scoped(model)] + ivs:
+            for name, fn in iv.functions(model):
+                kind, module = points[name]
+                plan.setdefault((id(module), kind), (module, kind, []))[2].append(fn)
         hf = stack.enter_context(bridges_removed(model.hf_model))
         for module, kind, fns in plan.values():
             stack.callback(module_hook(module, kind, fns).remove)
@@ -261,8 +260,7 @@ def _groups(ivs: list[Intervention]) -> int:
     """The group count of the pass's grouped ablations (0: none)."""
     ks = {iv.groups for iv in ivs if iv.op == "ablate_grouped"}
     if len(ks) > 1:
-        raise InputError(f"Grouped ablations with different group counts {sorted(ks)} cannot "
-                         "share a pass.")
+        raise InputError(f"Grouped ablations of different sizes {sorted(ks)} share no pass.")
     return ks.pop() if ks else 0
 
 
@@ -314,7 +312,7 @@ def last_logits(model: "LensModel", batch: "Batch", interventions: Sequence[Inte
 
 
 class _Collected(Exception):
-    """Raised by the last read a pass needs: the rest of the forward pass is skipped."""
+    """Raised by the last read a pass needs: the rest of the pass is skipped."""
 
 
 @dataclass
@@ -348,14 +346,17 @@ def collect(model: "LensModel", batches: Iterable["Batch"], names: Sequence[str]
         raise KeyError(f"Unknown hook names {missing}; see model.bridge.hook_dict for valid ones.")
     got: dict[str, Tensor | None] = {}
     current: list["Batch"] = []
-    # the embedding's own hooks (``hook_embed``, ``hook_pos_embed``) fire before the blocks, or
-    # not at all (no positional embedding): the pass may end without them
+    # the embedding's hooks fire before the blocks or not at all: a pass may end without them
     needed = {n for n in names if not n.startswith("hook_")} or set(names)
 
     def read(name: str, x: Tensor) -> None:
         b = current[0]
-        fits = positions is None or x.shape[:2] == b.input_ids.shape
-        got[name] = None if not fits else x if positions is None else b.gather(x, positions)
+        if chosen == "plain" and positions is not None:  # residual (batch, seq or rest, d):
+            pad = (0, 0, b.input_ids.shape[1] - x.shape[1], 0)  # a shared prefix ran apart
+            got[name] = b.gather(torch.nn.functional.pad(x, pad), positions)
+        else:
+            fits = positions is None or x.shape[:2] == b.input_ids.shape
+            got[name] = None if not fits else x if positions is None else b.gather(x, positions)
         if not logits_to_keep and needed.issubset(got):
             raise _Collected
 
@@ -365,13 +366,13 @@ def collect(model: "LensModel", batches: Iterable["Batch"], names: Sequence[str]
     for batch in batches:
         current[:] = [batch]
         got.clear()
-        width = batch.input_ids.shape[1]
+        width, logits = batch.input_ids.shape[1], None
         try:
             logits = forward(model, batch.input_ids, batch.attention_mask, ivs, fwd_hooks,
                              max(1, min(logits_to_keep, width)), backend=chosen,
                              keep=max(-min(positions), logits_to_keep) if positions else width)
         except _Collected:
-            logits = None
+            pass
         yield Capture(batch, {n: v for n, v in got.items() if v is not None},
                       logits if logits_to_keep else None)
 
