@@ -149,8 +149,10 @@ def shared_prefix_len(input_ids: Int[Tensor, "batch seq"],
 
 def usable_prefix(input_ids: Tensor, attention_mask: Tensor, keep: int) -> int:
     """How many leading tokens to run once for the whole batch: the shared prefix, cut so every
-    row keeps its last ``keep`` tokens for itself, if at least :data:`MIN_SHARED_PREFIX` long;
-    else 0."""
+    row keeps its last ``keep`` tokens for itself, if at least :data:`MIN_SHARED_PREFIX` long
+    and the batch is left-padded (the layout :func:`split_prefix` keeps); else 0."""
+    if not bool(attention_mask[:, -1].all()):
+        return 0
     p = min(shared_prefix_len(input_ids, attention_mask),
             int(attention_mask.sum(-1).min()) - keep)
     return p if p >= MIN_SHARED_PREFIX else 0

@@ -13,7 +13,7 @@ from refusal_lens.execution import (Intervention, choose_backend, collect, forwa
                                     running)
 from refusal_lens.generation import generate
 from refusal_lens.hf_modules import (MIN_SHARED_PREFIX, residual_modules, shared_prefix_len,
-                                     split_prefix)
+                                     split_prefix, usable_prefix)
 from refusal_lens.interventions import (ablated, ablation, ablation_hooks, added, addition,
                                         addition_hooks)
 
@@ -278,6 +278,24 @@ def test_shared_prefix_equals_unshared(syn, name):
     assert torch.allclose(shared, full, atol=1e-5, rtol=0)
     kw = dict(max_new_tokens=8, batch_size=8, progress=False, system=SYSTEM, interventions=ivs)
     assert generate(m, prompts, **kw) == generate(m, prompts, share_prefix=False, **kw)
+
+
+def test_right_padded_batches_share_no_prefix(syn):
+    """The shared-prefix layout is left padding's: a right-padded batch runs whole, and its
+    activations are each prompt's own."""
+    m, s, prompts, _ = syn
+    side = m.tokenizer.padding_side
+    try:
+        m.tokenizer.padding_side = "right"
+        batch = m.tokenize(m.format(prompts, system=SYSTEM))
+    finally:
+        m.tokenizer.padding_side = side
+    assert not bool(batch.attention_mask[:, -1].all())
+    assert usable_prefix(batch.input_ids, batch.attention_mask, 1) == 0
+    names = ["blocks.2.hook_resid_pre"]
+    (a,) = collect(m, [batch], names, [-2, -1])
+    (b,) = collect(m, [batch], names, [-2, -1], backend="bridge")
+    assert torch.equal(a.acts[names[0]], b.acts[names[0]])
 
 
 def test_forward_does_not_share_into_requested_positions(syn):
