@@ -58,7 +58,7 @@ def non_embedding_params(model) -> int:
 
 def bench_extraction(model, prompts: list[str], roofline: float) -> dict:
     """Streaming resid_means vs run_with_cache(all hooks) + mean afterwards."""
-    from refusal_lens.activations import iter_batches
+    from refusal_lens.batching import iter_batches
 
     positions = model.post_instruction_positions
     layers = list(range(model.n_layers))
@@ -197,25 +197,21 @@ def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
     """Plain vs hook ablation / addition vs orthogonalized weights; KV cache vs none (batch of 16)."""
     from refusal_lens.directions import random_like
     from refusal_lens.generation import generate
-    from refusal_lens.interventions import ablation_hooks, addition_hooks
+    from refusal_lens.interventions import ablation, addition
     from refusal_lens.orthogonalize import orthogonalize
 
     d = random_like(torch.ones(model.d_model, dtype=torch.float64), seed=0)
     ortho = orthogonalize(model, d)
     kw = dict(max_new_tokens=new_tokens, batch_size=16, progress=False)
     plain_s, _ = timed(lambda: generate(model, prompts, **kw))
-    hook_s, _ = timed(lambda: generate(model, prompts, ablation_hooks(model, d), **kw))
-    add_s, _ = timed(lambda: generate(model, prompts, addition_hooks(model, d, model.n_layers // 2),
-                                      **kw))
+    hook_s, _ = timed(lambda: generate(model, prompts, interventions=[ablation(model, d)], **kw))
+    add_s, _ = timed(lambda: generate(model, prompts, **kw, interventions=[
+        addition(model, d, model.n_layers // 2)]))
     ortho_s, _ = timed(lambda: generate(ortho, prompts, **kw))
     nocache_s, _ = timed(lambda: generate(model, prompts, use_cache=False, **kw))
 
-    def untagged(x, hook=None):  # an arbitrary hook: the whole run goes through the bridge
-        return x
-
-    bridge = [("blocks.0.hook_resid_pre", untagged)]
-    bridge_s, _ = timed(lambda: generate(model, prompts, ablation_hooks(model, d) + bridge,
-                                         attn=None, **kw))
+    bridge_s, _ = timed(lambda: generate(model, prompts, interventions=[ablation(model, d)],
+                                         backend="bridge", attn=None, **kw))
     return {
         "batch": len(prompts), "new_tokens": new_tokens,
         "plain_s": plain_s, "hook_ablation_s": hook_s, "hook_addition_s": add_s,

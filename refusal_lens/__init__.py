@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "shipped_direction": "shipped",
     "ablation_hooks": "interventions", "addition_hooks": "interventions",
     "ablated": "interventions", "added": "interventions",
+    "ablation": "interventions", "addition": "interventions",
+    "Intervention": "execution", "intervening": "execution",
     "generate": "generation",
     "SubstringJudge": "scoring", "discover_refusal_tokens": "scoring", "refusal_rate": "scoring",
     "refusal_metric": "scoring", "completion_cross_entropy": "scoring",

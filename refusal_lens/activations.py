@@ -1,29 +1,35 @@
-"""Residual-stream caches: streaming float64 means, and ActivationCache runs for notebooks."""
+"""Residual-stream caches: streaming float64 means, and ActivationCache runs for notebooks.
+
+Both read activations through :func:`refusal_lens.execution.collect`, the one collector.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .console import progress_bar
-
-from .errors import NonFiniteError
+from .batching import iter_batches
+from .execution import ActivationError, collect
 
 if TYPE_CHECKING:
-    from .model import Batch, LensModel
+    from .model import LensModel
 
 RESID_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 
 
-class ActivationError(NonFiniteError):
-    """Activations that cannot be used (NaN / inf)."""
+@dataclass
+class ResidSums:
+    """Float64 sums over prompts (``(layer, pos, d_model)``) and their counts: all prompts,
+    and those a filter kept (all of them without one)."""
 
-
-class _Collected(Exception):
-    """Raised by the last hook a streaming pass needs: the rest of the forward is skipped."""
+    total: Float[Tensor, "layer pos d_model"]
+    n: int
+    kept: Float[Tensor, "layer pos d_model"]
+    n_kept: int
 
 
 def resid_hook_name(layer: int, hook: str = "resid_pre") -> str:
@@ -43,55 +49,6 @@ def _check_layers(model: "LensModel", layers: Sequence[int] | None) -> list[int]
     return layers
 
 
-def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int | None = None,
-                   sort: bool = True) -> list[list[int]]:
-    """Indices grouped into batches: sorted by length (unless ``sort=False``: consecutive),
-    each batch at most ``max_rows`` rows and (when given) at most ``max_tokens`` padded tokens
-    (rows x longest), so a few long prompts do not pad a whole batch. A single over-long row
-    still gets a batch."""
-    if max_rows < 1:
-        raise ValueError(f"batch_size must be >= 1, got {max_rows}.")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else range(len(lengths))
-    batches: list[list[int]] = []
-    longest = 0
-    for i in order:
-        longest = max(longest, lengths[i])
-        if (not batches or len(batches[-1]) >= max_rows
-                or (max_tokens is not None and (len(batches[-1]) + 1) * longest > max_tokens)):
-            batches.append([i])
-            longest = lengths[i]
-        else:
-            batches[-1].append(i)
-    return batches
-
-
-def iter_batches(
-    model: "LensModel",
-    instructions: Sequence[str],
-    batch_size: int,
-    system: str | None = None,
-    desc: str | None = None,
-    sort_by_length: bool = False,
-    max_tokens: int | None = None,
-) -> Iterator["Batch"]:
-    """Format, tokenize and yield batches, with a progress bar.
-
-    ``sort_by_length`` groups prompts of similar length (less padding, same results for any
-    order-independent reduction such as a mean); ``max_tokens`` also caps each batch's padded
-    size (rows x longest prompt, see :func:`length_batches`).
-    """
-    if isinstance(instructions, str) or len(instructions) == 0:
-        raise ValueError("The instruction list is empty: pass at least one instruction.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    prompts = model.format(instructions, system)
-    lengths = ([len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-               if sort_by_length or max_tokens is not None else [0] * len(prompts))
-    groups = length_batches(lengths, batch_size, max_tokens, sort=sort_by_length)
-    for rows in progress_bar(groups, desc=desc, disable=desc is None, leave=False):
-        yield model.tokenize([prompts[i] for i in rows])
-
-
 @torch.no_grad()
 def resid_sums(
     model: "LensModel",
@@ -102,47 +59,39 @@ def resid_sums(
     batch_size: int = 32,
     system: str | None = None,
     progress: bool = True,
-) -> tuple[Float[Tensor, "layer pos d_model"], int]:
-    """Float64 sums of residual activations at (layer, position), and the prompt count."""
+    keep: Callable[[Tensor], Tensor] | None = None,
+) -> ResidSums:
+    """Float64 sums of residual activations at (layer, position) over the prompts, streamed
+    through :func:`refusal_lens.execution.collect` (memory independent of the prompt count).
+
+    ``keep`` (given each batch's last-position logits, a boolean per prompt) also sums the
+    prompts it keeps, in the same pass; without it the pass stops at the last hook needed.
+    """
     layers = _check_layers(model, layers)
     positions = list(model.post_instruction_positions if positions is None else positions)
     if not positions or any(p >= 0 for p in positions):
         raise ValueError(f"positions must be negative offsets from the prompt end, got {positions}.")
-    total = torch.zeros(len(layers), len(positions), model.d_model, dtype=torch.float64,
-                        device=model.device)
-    current: list["Batch"] = []
-
-    last = max(layers)
-
-    def make_hook(i: int, layer: int):
-        def hook_fn(x: Tensor, hook) -> Tensor:
-            picked = current[0].gather(x, positions).to(total.device, torch.float64)
-            if not torch.isfinite(picked).all():
-                raise ActivationError(
-                    f"Non-finite activations at {hook.name}: check the model's dtype "
-                    "(use float32) and the inputs."
-                )
-            total[i] += picked.sum(0)
-            if layer == last:  # nothing later is needed: no further blocks, no logits
-                raise _Collected
-            return x
-
-        return hook_fn
-
-    fwd_hooks = [(resid_hook_name(l, hook), make_hook(i, l)) for i, l in enumerate(layers)]
-    n = 0
+    names = [resid_hook_name(l, hook) for l in layers]
+    zeros = lambda: torch.zeros(len(layers), len(positions), model.d_model,  # noqa: E731
+                                dtype=torch.float64, device=model.device)
+    out = ResidSums(zeros(), 0, zeros(), 0)
     desc = f"residual means ({len(instructions)} prompts)" if progress else None
-    for batch in iter_batches(model, instructions, batch_size, system, desc, sort_by_length=True):
-        current[:] = [batch]
-        try:
-            with model.bridge.hooks(fwd_hooks=fwd_hooks):
-                model.bridge(batch.input_ids, **batch.forward_kwargs())
-        except _Collected:
-            pass
-        else:
-            raise RuntimeError(f"The hooks {[h for h, _ in fwd_hooks]} did not fire.")
-        n += batch.input_ids.shape[0]
-    return total, n
+    batches = iter_batches(model, instructions, batch_size, system, desc, sort_by_length=True,
+                           max_tokens=64 * batch_size)
+    for cap in collect(model, batches, names, positions, logits_to_keep=int(keep is not None)):
+        if len(cap.acts) != len(names):
+            raise RuntimeError(f"The hooks {sorted(set(names) - set(cap.acts))} did not fire.")
+        picked = torch.stack([cap.acts[n].to(out.total.device, torch.float64) for n in names], 1)
+        if not torch.isfinite(picked).all():
+            raise ActivationError("Non-finite residual activations: check the model's dtype "
+                                  "(use float32) and the inputs.")
+        out.total += picked.sum(0)
+        out.n += picked.shape[0]
+        if keep is not None:
+            rows = keep(cap.logits[:, -1].float()).to(picked.device)
+            out.kept += picked[rows].sum(0)
+            out.n_kept += int(rows.sum())
+    return out
 
 
 def resid_means(
@@ -159,12 +108,11 @@ def resid_means(
 
     Memory is independent of the number of prompts: each batch is reduced to a running sum
     as soon as its hooks fire, and the forward pass stops at the last hook needed (no later
-    blocks, no logits).
+    blocks, no logits; see :func:`resid_sums`).
     ``positions`` are negative offsets from the prompt end (default: post-instruction tokens).
     """
-    total, n = resid_sums(model, instructions, layers, positions, hook, batch_size, system,
-                          progress)
-    return total / n
+    sums = resid_sums(model, instructions, layers, positions, hook, batch_size, system, progress)
+    return sums.total / sums.n
 
 
 @torch.no_grad()
@@ -187,15 +135,13 @@ def run_cache(
     missing = [n for n in names if n not in model.bridge.hook_dict]
     if missing:
         raise KeyError(f"Unknown hook names {missing}; see model.bridge.hook_dict for valid ones.")
+    from transformer_lens import ActivationCache
+
     batch = model.tokenize(instructions) if formatted else model.encode_instructions(
         instructions, system)
-    stop = None
-    if not with_logits:
-        block_ids = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
-        only_blocks = len(block_ids) == len(names)
-        if only_blocks and max(block_ids) + 1 < model.n_layers:
-            stop = max(block_ids) + 1
-    logits, cache = model.bridge.run_with_cache(
-        batch.input_ids, names_filter=list(names), stop_at_layer=stop, **batch.forward_kwargs()
-    )
-    return (logits if with_logits else None), cache
+    width = batch.input_ids.shape[1]
+    (cap,) = collect(model, [batch], names, logits_to_keep=width if with_logits else 0)
+    missing = [n for n in names if n not in cap.acts]
+    if missing:
+        raise RuntimeError(f"The hooks {missing} did not fire.")
+    return cap.logits, ActivationCache({n: cap.acts[n] for n in names}, model.bridge)

@@ -12,6 +12,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .console import progress_bar
+from .execution import collect
 from .suffixes import MARK
 
 if TYPE_CHECKING:
@@ -86,20 +87,13 @@ def attention_to_spans(
     for s in range(0, len(instructions), batch_size):
         inst, suf, batch = span_masks(model, instructions[s: s + batch_size],
                                       suffixes[s: s + batch_size])
-        pats: dict[int, Tensor] = {}
-
-        def grab(layer: int):
-            def fn(x: Tensor, hook) -> Tensor:
-                rows = torch.arange(x.shape[0], device=x.device)
-                last = (batch.ends - 1).to(x.device)  # layers may sit on other devices
-                pats[layer] = x[rows, :, last].to(inst.device, torch.float64)  # (batch, head, key)
-                return x
-            return fn
-
-        hooks = [(f"blocks.{l}.attn.hook_pattern", grab(l)) for l in layers]
-        with model.bridge.hooks(fwd_hooks=hooks):
-            model.bridge(batch.input_ids, stop_at_layer=max(layers) + 1
-                         if max(layers) + 1 < model.n_layers else None, **batch.forward_kwargs())
+        names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+        (cap,) = collect(model, [batch], names)
+        rows = torch.arange(batch.input_ids.shape[0])
+        last = batch.ends.cpu() - 1
+        pats = {l: cap.acts[n][rows.to(cap.acts[n].device), :, last.to(cap.acts[n].device)]
+                .to(inst.device, torch.float64)  # (batch, head, key)
+                for l, n in zip(layers, names)}
         p = torch.stack([pats[l][:, h] for l, h in heads], 1)  # (batch, k, key)
         a = (p * inst[:, None].to(p.dtype)).sum(-1)
         b = (p * suf[:, None].to(p.dtype)).sum(-1)
@@ -162,9 +156,8 @@ def attention_pattern_html(
     user = instruction if suffix is None else f"{instruction} {suffix.strip()}"
     batch = model.encode_instructions([user])
     names = {l: f"blocks.{l}.attn.hook_pattern" for l, _ in heads}
-    _, cache = model.bridge.run_with_cache(batch.input_ids, names_filter=list(set(names.values())),
-                                           **batch.forward_kwargs())
-    pats = torch.stack([cache[names[l]][0, h] for l, h in heads]).float().cpu()
+    (cap,) = collect(model, [batch], sorted(set(names.values())))
+    pats = torch.stack([cap.acts[names[l]][0, h] for l, h in heads]).float().cpu()
     tokens = [model.tokenizer.decode([t]) for t in batch.input_ids[0].tolist()]
     labels = head_names(heads)
     html = cv.attention.attention_heads(attention=pats, tokens=tokens,

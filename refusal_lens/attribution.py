@@ -18,7 +18,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .batching import iter_batches
 from .console import progress_bar
+from .execution import collect
 from .placement import materialized
 from .traces import _unit
 
@@ -92,8 +94,6 @@ def direct_feature_attribution(
     progress: bool = False,
 ) -> DFA:
     """DFA of the last token's ``resid_pre`` at ``layer`` (default: the direction's layer)."""
-    from .activations import iter_batches
-
     layer = int(getattr(direction, "layer", -1)) if layer is None else int(layer)
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer must be in 0..{model.n_layers - 1}, got {layer}; pass layer=.")
@@ -105,27 +105,14 @@ def direct_feature_attribution(
     names = ["hook_embed", "hook_pos_embed", f"blocks.{layer}.hook_resid_pre"]
     names += [f"blocks.{l}.attn.hook_z" for l in range(layer)]
     names += [f"blocks.{l}.hook_mlp_out" for l in range(layer)]
-    store: dict[str, Tensor] = {}
-    state: dict = {}
-
-    def grab(name: str):  # keyed by the requested name (aliases report their canonical one)
-        def fn(x: Tensor, hook) -> Tensor:
-            if isinstance(x, Tensor) and x.ndim >= 3 and x.shape[:2] == state["ids"].shape:
-                store[name] = state["batch"].gather(x, [-1])[:, 0].to(unit.device,
-                                                                      torch.float64)
-            return x
-        return fn
-
+    names = [n for n in names if n in model.bridge.hook_dict]
     parts: dict[str, list[Tensor]] = {k: [] for k in
                                       ("embed", "pos", "heads", "bias", "mlp", "total")}
     desc = f"DFA ({len(instructions)})" if progress else None
-    for batch in iter_batches(model, list(instructions), batch_size, desc=desc):
-        state["batch"], state["ids"] = batch, batch.input_ids
-        store.clear()
-        hooks = [(n, grab(n)) for n in names if n in model.bridge.hook_dict]
-        with model.bridge.hooks(fwd_hooks=hooks):
-            model.bridge(batch.input_ids, stop_at_layer=layer + 1 if layer + 1 < model.n_layers
-                         else None, **batch.forward_kwargs())
+    batches = iter_batches(model, list(instructions), batch_size, desc=desc)
+    for cap in collect(model, batches, names, positions=[-1]):
+        store = {k: v[:, 0].to(unit.device, torch.float64) for k, v in cap.acts.items()}
+        batch = cap.batch
         n = batch.input_ids.shape[0]
         zero = torch.zeros(n, dtype=torch.float64, device=unit.device)
         parts["embed"].append(store["hook_embed"] @ unit)

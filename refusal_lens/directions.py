@@ -8,13 +8,14 @@ import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from .activations import resid_sums
 from .errors import DirectionError, DirectionTransferWarning, InputTypeError
 from .paths import atomic_write_bytes, atomic_write_text
 from .sinks import project_off_basis
@@ -68,10 +69,17 @@ def mean_diff_candidates(
     positions: Sequence[int] | None = None,
     batch_size: int = 32,
     system: str | None = None,
+    keep: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    min_kept: int = 1,
+    progress: bool = True,
 ) -> Float[torch.Tensor, "layer pos d_model"]:
     """Difference in means, harmful minus harmless, of ``resid_pre`` at every (layer, position).
 
-    Accumulated in float64 from streaming means. Positions default to the post-instruction ones.
+    Accumulated in float64 from streaming sums (:func:`refusal_lens.activations.resid_sums`).
+    Positions default to the post-instruction ones. ``keep(side, logits)`` (``side`` is
+    ``"harmful"`` or ``"harmless"``; ``logits`` the batch's last-position logits) picks the
+    prompts each mean is taken over, in the same pass (e.g. the paper's refusal-metric
+    filter); a side with fewer than ``min_kept`` kept prompts is averaged unfiltered.
     """
     for name, data in (("harmful", harmful), ("harmless", harmless)):
         if len(data) == 0:
@@ -79,8 +87,13 @@ def mean_diff_candidates(
                 f"No {name} prompts left to fit on (empty, or all removed by the refusal filter). "
                 "Pass more prompts or relax the filter (filter_prompts=False)."
             )
-    kw = dict(layers=layers, positions=positions, batch_size=batch_size, system=system)
-    return model.resid_means(harmful, **kw) - model.resid_means(harmless, **kw)
+    means = []
+    for side, data in (("harmful", harmful), ("harmless", harmless)):
+        rule = None if keep is None else (lambda logits, side=side: keep(side, logits))
+        s = resid_sums(model, data, layers, positions, batch_size=batch_size, system=system,
+                       progress=progress, keep=rule)
+        means.append(s.kept / s.n_kept if s.n_kept >= min_kept else s.total / s.n)
+    return means[0] - means[1]
 
 
 @dataclass

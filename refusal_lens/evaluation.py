@@ -35,7 +35,7 @@ from .console import step
 from .directions import Direction, random_like
 from .errors import InputError
 from .generation import generate
-from .interventions import ablation_hooks, addition_hooks
+from .interventions import Intervention, ablation, addition
 from .scoring import Judge, SubstringJudge, completion_cross_entropy
 
 if TYPE_CHECKING:
@@ -147,11 +147,12 @@ def decide(rates: dict[str, float], rule: dict[str, float] = DECISION_RULE) -> d
     return {"verdict": verdict, "checks": checks}
 
 
-def _arm(model: "LensModel", name: str, split: str, instructions: Sequence[str], hooks,
-         judge: Judge, max_new_tokens: int, batch_size: int, progress: bool) -> Arm:
+def _arm(model: "LensModel", name: str, split: str, instructions: Sequence[str],
+         interventions: Sequence[Intervention], judge: Judge, max_new_tokens: int,
+         batch_size: int, progress: bool) -> Arm:
     t = time.perf_counter()
     with step(f"{name} · {split}"):
-        texts = generate(model, list(instructions), fwd_hooks=hooks,
+        texts = generate(model, list(instructions), interventions=interventions,
                          max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         flags = [bool(f) for f in judge(list(instructions), texts)]
     if len(flags) != len(texts):
@@ -228,11 +229,13 @@ def evaluate_direction(
     seconds: dict[str, float] = {}
     saved = saved or {}
 
-    def capab(name: str, m: "LensModel", hooks) -> None:
+    def capab(name: str, m: "LensModel", interventions: Sequence[Intervention]) -> None:
         t = time.perf_counter()
         with step(f"{name} · capability"):
-            out = completion_cross_entropy(m, harmless, ref_c, hooks, batch_size,
-                                           baseline.last_logits, max_completion_tokens=CE_TOKENS)
+            out = completion_cross_entropy(m, harmless, ref_c, batch_size=batch_size,
+                                           reference_last=baseline.last_logits,
+                                           max_completion_tokens=CE_TOKENS,
+                                           interventions=interventions)
         capability[name] = {"ce": out["ce"], "kl": out["kl"]}
         seconds[f"ce_{name}"] = time.perf_counter() - t
 
@@ -254,15 +257,15 @@ def evaluate_direction(
 
     for name, vec in (("ablation", direction.vector), ("random_ablation", rand)):
         def ablate() -> Arm:
-            hooks = ablation_hooks(model, vec)
-            arm = _arm(model, name, "harmful", harmful, hooks, **kw)
+            ivs = [ablation(model, vec)]
+            arm = _arm(model, name, "harmful", harmful, ivs, **kw)
             if name == "random_ablation" or not orthogonalized:  # else on the edited model
-                capab(name, model, hooks)
+                capab(name, model, ivs)
             return arm
         one_arm(name, ablate)
     for name, vec in (("addition", direction.vector), ("random_addition", rand)):
-        one_arm(name, lambda: _arm(model, name, "harmless", harmless, addition_hooks(
-            model, vec, direction.meta.get("addition_layer", direction.layer)), **kw))
+        one_arm(name, lambda: _arm(model, name, "harmless", harmless, [addition(
+            model, vec, direction.meta.get("addition_layer", direction.layer))], **kw))
     notes: list[str] = []
     if orthogonalized:
         try:
@@ -308,7 +311,7 @@ def addition_sweep(
         row: dict[str, Any] = {"layer": int(layer), "norm": float(vec.norm())}
         rand = random_like(vec, seed=20_000 + seed + int(layer), basis=basis)
         for name, v in (("addition", vec), ("random_addition", rand)):
-            arm = _arm(model, name, "harmless", instructions, addition_hooks(model, v, layer),
+            arm = _arm(model, name, "harmless", instructions, [addition(model, v, layer)],
                        judge, max_new_tokens, batch_size, progress)
             row[name] = rate_summary(arm.flags, seed)
         rows.append(row)

@@ -1,17 +1,19 @@
-"""Interventions as TransformerLens hook sets: directional ablation and activation addition.
+"""Interventions: directional ablation and activation addition, checked against a model.
 
-Each builder returns a list of ``(hook_name, fn)`` pairs; lists compose by concatenation and
-are used with ``model.bridge.hooks(fwd_hooks=...)``, :func:`refusal_lens.generation.generate`,
-or the context managers below. The functions are tagged with what they compute, so generation
-and scoring can also apply them on the plain Hugging Face modules (:mod:`refusal_lens.runner`).
-Weight orthogonalization lives in ``orthogonalize.py``.
+:func:`ablation` and :func:`addition` build :class:`~refusal_lens.execution.Intervention`
+values, which the library passes as ``interventions=`` (generation, scoring, selection and
+evaluation), so :mod:`refusal_lens.execution` may run them on the plain modules.
+:func:`ablation_hooks` / :func:`addition_hooks` render the same values as TransformerLens
+``(hook_name, fn)`` hooks (lists compose by concatenation) for ``model.bridge.hooks`` and
+``fwd_hooks=``, which run on the bridge. :func:`ablated` / :func:`added` scope a value over a
+``with`` block. Weight orthogonalization lives in ``orthogonalize.py``.
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import torch
 from jaxtyping import Float
@@ -19,13 +21,15 @@ from torch import Tensor
 
 from .directions import Direction, check_vector, unit_vector
 from .errors import InputError, NonFiniteError
-from .placement import execution_device
-from .runner import project, tag
+from .execution import HookList, Intervention, intervening
+from .hf_modules import project
 
 if TYPE_CHECKING:
     from .model import LensModel
 
-HookList = list[tuple[str, Callable]]
+__all__ = ["Intervention", "HookList", "ABLATION_POINTS", "ablation", "addition",
+           "ablation_hooks", "addition_hooks", "project_out", "hooked", "ablated", "added"]
+
 VectorLike = Union[Direction, Tensor]
 
 # Where the residual stream is cleaned: the block input, and what attention and the MLP write.
@@ -57,37 +61,35 @@ def project_out(
     x: Float[Tensor, "... d_model"], unit: Float[Tensor, "d_model"]
 ) -> Float[Tensor, "... d_model"]:
     """``x - (x . u) u``: the component of ``x`` along unit vector ``u`` removed (a stack of
-    ``k`` units: one per group of rows, see :func:`refusal_lens.runner.project`)."""
+    ``k`` units: one per group of rows, see :func:`refusal_lens.hf_modules.project`)."""
     return project(x, unit)
 
 
-def ablation_hooks(
+def ablation(
     model: "LensModel",
     direction: VectorLike,
     layers: Sequence[int] | None = None,
     points: Sequence[str] = ABLATION_POINTS,
     strength: float = 1.0,
-) -> HookList:
+) -> Intervention:
     """Directional ablation: project the unit direction out at every layer and position.
 
-    A ``(k, d_model)`` tensor ablates ``k`` directions at once, one per group of rows: the
-    batch must then be ``k`` consecutive copies of the same prompts (used to score many
-    candidates in one pass; see :func:`refusal_lens.runner.forward`'s ``groups``).
+    A ``(k, d_model)`` tensor ablates ``k`` directions at once, one per group of rows
+    (``op="ablate_grouped"``): :func:`refusal_lens.execution.forward` runs the batch as ``k``
+    copies, to score many candidates in one pass.
 
     ``strength`` (``alpha >= 0``; 1 = full ablation) removes that fraction of the component,
-    ``x - alpha (x . u) u``: projecting off ``sqrt(alpha) u`` computes exactly that, so partial
-    ablation keeps the plain-module path.
+    ``x - alpha (x . u) u``: projecting off ``sqrt(alpha) u`` computes exactly that.
     """
     if (isinstance(strength, bool) or not isinstance(strength, (int, float))
             or not math.isfinite(strength) or strength < 0):
         raise InputError(f"strength must be a finite number >= 0 (1 = full ablation), got "
                          f"{strength!r}.")
-    if isinstance(direction, Tensor) and direction.dim() == 2:
+    grouped = isinstance(direction, Tensor) and direction.dim() == 2
+    if grouped:
         unit = torch.stack([unit_vector(_as_vector(v, model)) for v in direction])
     else:
         unit = unit_vector(_as_vector(direction, model))
-    if strength != 1.0:
-        unit = unit * math.sqrt(strength)
     layers = range(model.n_layers) if layers is None else _check_layers(model, layers)
     if isinstance(points, str) or not points:
         raise InputError(f"points must be a list of hook points such as {list(ABLATION_POINTS)}"
@@ -98,52 +100,25 @@ def ablation_hooks(
     if unknown:
         raise InputError(f"Unknown hook points {unknown}: use residual points such as "
                          f"{list(ABLATION_POINTS)} (see model.bridge.hook_dict).")
-    hooks: HookList = []
-    copies: dict[torch.device, Tensor] = {}
-    for l in layers:
-        u = on_layer(model, unit, l, copies)
-
-        def hook_fn(x: Tensor, hook=None, u=u) -> Tensor:
-            return project_out(x, u)
-
-        tag(hook_fn, "project", u)
-        # Parallel attention/MLP blocks (GPT-NeoX, GPT-J, Phi) have no resid_mid: skip absent
-        # points.
-        hooks += [(name, hook_fn) for name in (f"blocks.{l}.{p}" for p in points)
-                  if name in model.bridge.hook_dict]
-    if not hooks:
-        raise InputError(f"None of the hook points {list(points)} exists in {model.name}; "
-                         f"use {list(ABLATION_POINTS)}.")
-    return hooks
+    out = Intervention("ablate_grouped" if grouped else "ablate", unit, tuple(layers),
+                       tuple(points), strength=float(strength))
+    out.names(model)  # a clear error if none of the points exists in this model
+    return out
 
 
-def on_layer(model: "LensModel", vector: Tensor, layer: int,
-             copies: dict[torch.device, Tensor]) -> Tensor:
-    """``vector`` on the device decoder layer ``layer`` computes on, in the model's dtype.
-
-    One copy per device (kept in ``copies``), made when the hooks are built and shared by the
-    layers on that device, so a hook never copies its vector while the model runs, also when
-    accelerate has spread the layers over several devices.
-    """
-    dev = layer_device(model, layer)
-    if dev not in copies:
-        copies[dev] = vector.detach().to(device=dev, dtype=model.dtype)
-    return copies[dev]
+def ablation_hooks(model: "LensModel", direction: VectorLike, layers: Sequence[int] | None = None,
+                   points: Sequence[str] = ABLATION_POINTS, strength: float = 1.0) -> HookList:
+    """:func:`ablation` as TransformerLens hooks (for ``model.bridge.hooks`` and ``fwd_hooks=``,
+    which run on the bridge)."""
+    return ablation(model, direction, layers, points, strength).hooks(model)
 
 
-def layer_device(model: "LensModel", layer: int) -> torch.device:
-    """The device decoder layer ``layer`` computes on (see
-    :func:`refusal_lens.placement.execution_device`)."""
-    (layer,) = _check_layers(model, [layer])
-    return execution_device(model.bridge.blocks[layer])
-
-
-def addition_hooks(
+def addition(
     model: "LensModel",
     vector: VectorLike,
     layer: int,
     coeff: float = 1.0,
-) -> HookList:
+) -> Intervention:
     """Activation addition: ``x <- x + coeff * r`` at one layer's ``resid_pre``, all positions.
 
     ``r`` is the raw (unnormalised) vector; ``coeff=-1`` subtracts it.
@@ -152,33 +127,33 @@ def addition_hooks(
     if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not math.isfinite(coeff):
         raise InputError(f"coeff must be a finite number, got {coeff!r}.")
     vec = _as_vector(vector, model)
-    delta = coeff * vec
-    if not torch.isfinite(delta.to(model.dtype)).all():
+    if not torch.isfinite((coeff * vec).to(model.dtype)).all():
         raise NonFiniteError(f"coeff * vector overflows the model's dtype ({coeff} x norm "
                              f"{float(vec.double().norm()):.3g}); use a smaller coefficient or "
                              "rescale the vector.")
-    delta = on_layer(model, delta, layer, {})
+    return Intervention("add", vec, (int(layer),), ("hook_resid_pre",), coeff=coeff)
 
-    def hook_fn(x: Tensor, hook=None) -> Tensor:
-        return x + delta
 
-    tag(hook_fn, "add", delta)
-
-    return [(f"blocks.{layer}.hook_resid_pre", hook_fn)]
+def addition_hooks(model: "LensModel", vector: VectorLike, layer: int, coeff: float = 1.0
+                   ) -> HookList:
+    """:func:`addition` as TransformerLens hooks."""
+    return addition(model, vector, layer, coeff).hooks(model)
 
 
 @contextmanager
 def hooked(model: "LensModel", hooks: HookList) -> Iterator["LensModel"]:
-    """Run everything inside the ``with`` block under ``hooks`` (removed on exit)."""
+    """Run everything inside the ``with`` block under TransformerLens ``hooks`` (removed on
+    exit; they run on the bridge)."""
     with model.bridge.hooks(fwd_hooks=list(hooks)):
         yield model
 
 
 def ablated(model: "LensModel", direction: VectorLike) -> "contextmanager":
-    """``with ablated(model, d): ...`` — the model with ``d`` ablated everywhere."""
-    return hooked(model, ablation_hooks(model, direction))
+    """``with ablated(model, d): ...`` — the model with ``d`` ablated everywhere (the same path
+    and logits as passing ``interventions=[ablation(model, d)]``)."""
+    return intervening(model, [ablation(model, direction)])
 
 
 def added(model: "LensModel", vector: VectorLike, layer: int, coeff: float = 1.0):
     """``with added(model, r, layer): ...`` — the model with ``coeff * r`` added at ``layer``."""
-    return hooked(model, addition_hooks(model, vector, layer, coeff))
+    return intervening(model, [addition(model, vector, layer, coeff)])

@@ -30,8 +30,9 @@ from .directions import Direction, unit_vector
 from .generation import generate
 from .interventions import HookList, VectorLike, _as_vector
 from .orthogonalize import _project_out_weights, orthogonalize, residual_writers
-from .runner import bridges_removed
-from .scoring import Judge, SubstringJudge, last_logits, last_position_kl
+from .hf_modules import bridges_removed
+from .execution import Intervention, last_logits
+from .scoring import Judge, SubstringJudge, last_position_kl
 
 if TYPE_CHECKING:
     from .model import LensModel
@@ -185,16 +186,16 @@ def weighted_orthogonalize(model: "LensModel", direction: VectorLike, weights: L
 
 def _val_scorer(model: "LensModel", harmful: Sequence[str], harmless: Sequence[str],
                 judge: Judge, max_new_tokens: int, batch_size: int):
-    from .activations import iter_batches
+    from .batching import iter_batches
 
     batches = list(iter_batches(model, list(harmless), batch_size, sort_by_length=True))
     base = [last_logits(model, b) for b in batches]
 
-    def score(m: "LensModel", hooks: HookList = ()) -> tuple[float, float]:
-        texts = generate(m, list(harmful), fwd_hooks=hooks, max_new_tokens=max_new_tokens,
+    def score(m: "LensModel", ivs: Sequence[Intervention] = ()) -> tuple[float, float]:
+        texts = generate(m, list(harmful), interventions=ivs, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, progress=False)
         refusal = sum(bool(f) for f in judge(list(harmful), texts)) / len(harmful)
-        kls = torch.cat([last_position_kl(b, last_logits(m, x, hooks))
+        kls = torch.cat([last_position_kl(b, last_logits(m, x, ivs))
                          for b, x in zip(base, batches)])
         return refusal, float(kls.mean())
 
@@ -255,9 +256,9 @@ def search_weights(
            "separate": separate, "n_harmful_val": len(harmful_val),
            "n_harmless_val": len(harmless_val), "max_new_tokens": max_new_tokens}
     if random_vector is not None:
-        from .interventions import ablation_hooks
+        from .interventions import ablation
 
-        r, k = score(model, ablation_hooks(model, random_vector))
+        r, k = score(model, [ablation(model, random_vector)])
         out["random"] = {"refusal": r, "kl": k}
     out["chosen"] = choose_point(trials, out["pareto"])
     return out

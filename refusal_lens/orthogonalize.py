@@ -25,7 +25,7 @@ from .directions import Direction
 from .interventions import VectorLike, _as_vector
 from .model import LensModel, wrap_hf
 from .placement import cpu_state_dict, is_dispatched
-from .runner import bridges_removed, unwrap
+from .hf_modules import bridges_removed, unwrap
 
 __all__ = ["orthogonalize", "residual_writers"]
 

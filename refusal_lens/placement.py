@@ -262,7 +262,7 @@ def is_dispatched(hf_model: nn.Module) -> bool:
 def execution_device(module: nn.Module) -> torch.device:
     """The device ``module`` computes on: accelerate's execution device for a dispatched
     (or offloaded) module, else the device of its first parameter or buffer."""
-    from .runner import unwrap
+    from .hf_modules import unwrap
 
     module = unwrap(module)
     hook = getattr(module, "_hf_hook", None)
@@ -285,7 +285,7 @@ def materialized(module: nn.Module) -> Iterator[nn.Module]:
     the duration, through accelerate's own hooks (a no-op for a model that is not offloaded)."""
     from accelerate.utils.modeling import align_module_device, has_offloaded_params
 
-    from .runner import unwrap
+    from .hf_modules import unwrap
 
     with ExitStack() as stack:
         for sub in unwrap(module).modules():
@@ -300,7 +300,7 @@ def cpu_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
     memory."""
     from accelerate.utils.modeling import get_state_dict_offloaded_model
 
-    from .runner import bridges_removed
+    from .hf_modules import bridges_removed
 
     with bridges_removed(hf_model) as hf:
         state = get_state_dict_offloaded_model(hf)

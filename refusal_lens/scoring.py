@@ -10,9 +10,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .activations import length_batches
+from .batching import length_batches
 from .errors import InputError, InputTypeError
-from .runner import forward
+from .execution import Intervention, forward, last_logits
 
 if TYPE_CHECKING:
     from .model import LensModel
@@ -167,21 +167,6 @@ def last_position_kl(
 
 
 @torch.no_grad()
-def last_logits(model: "LensModel", batch, fwd_hooks: Sequence = (), max_prefix: int | None = None,
-                groups: int = 1) -> Float[Tensor, "batch vocab"]:
-    """Logits at each prompt's last position only (left padding; the unembedding runs once per
-    row). ``max_prefix`` and ``groups`` as in :func:`refusal_lens.runner.forward`."""
-    logits = forward(model, batch.input_ids, batch.attention_mask, fwd_hooks, 1,
-                     max_prefix=max_prefix, groups=groups)[:, -1].float()
-    if not torch.isfinite(logits).all():
-        from .activations import ActivationError
-
-        raise ActivationError("Non-finite logits (NaN/inf activations): check the model dtype "
-                              "(use float32), its weights and the inputs.")
-    return logits
-
-
-@torch.no_grad()
 def completion_cross_entropy(
     model: "LensModel",
     instructions: Sequence[str],
@@ -191,13 +176,15 @@ def completion_cross_entropy(
     reference_last: Tensor | None = None,
     progress: bool = False,
     max_completion_tokens: int | None = None,
+    interventions: Sequence[Intervention] = (),
 ) -> dict:
     """Mean per-token cross-entropy of ``completions`` given the chat-formatted ``instructions``.
 
     Returns ``ce`` (nats/token over all completion tokens), ``n_tokens``, and ``last_logits``
     (logits at each prompt's last position, for KL). With ``reference_last`` also ``kl``: the
     mean last-position ``KL(reference || this)``. ``max_completion_tokens`` truncates each
-    completion to its first tokens.
+    completion to its first tokens. ``interventions`` / ``fwd_hooks`` as in
+    :func:`refusal_lens.execution.forward`.
     """
     from .console import progress_bar
 
@@ -239,12 +226,12 @@ def completion_cross_entropy(
             target[i, last[i]: width - 1] = True
         dev = model.device
         # Rows are right-aligned, so every scored position (and each prompt's last one) lies in
-        # the final ``keep`` positions: only those go through the unembedding. A prefix shared
-        # by every prompt runs once (see :func:`refusal_lens.runner.forward`).
+        # the final ``keep`` positions: only those go through the unembedding (and a prefix
+        # shared by every row, run once, stops before them).
         keep = max(len(c) for _, c in rows) + 1
         start = width - keep
-        logits = forward(model, ids.to(dev), mask.to(dev), fwd_hooks, keep,
-                         max_prefix=min(len(p) for p, _ in rows) - 1).float()
+        logits = forward(model, ids.to(dev), mask.to(dev), interventions, fwd_hooks,
+                         keep).float()
         out_dev = logits.device  # the unembedding's device (dispatched models: the last one)
         sel = target[:, start:-1].to(out_dev)
         scored = logits[:, :-1][sel]

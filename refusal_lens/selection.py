@@ -59,24 +59,22 @@ chosen direction (``Direction.tensors["mean_diff"]``).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .activations import ActivationError, iter_batches
-from .configs import SELECTION_RULES
+from .batching import iter_batches
 from .console import progress_bar
-from .directions import Direction, random_like
-from .interventions import ablation_hooks, addition_hooks
-from .model import check_positions
-from .runner import tag
-from .scoring import last_logits, last_position_kl, refusal_metric
+from .directions import Direction, mean_diff_candidates, random_like
+from .execution import last_logits
+from .interventions import ablation, addition
+from .scoring import last_position_kl, refusal_metric
+from .selection_results import SelectionResult, dumps, jsonable, rule_direction_path
+from .selection_rules import (RULES, STRICT_RULE, CandidateScore, SelectionConfig, SelectionError,
+                              choose, choose_from_table, induce_bar, joint_pick)
 from .sinks import project_off_basis, sink_basis
 
 if TYPE_CHECKING:
@@ -85,148 +83,7 @@ if TYPE_CHECKING:
 __all__ = ["SelectionConfig", "CandidateScore", "SelectionResult", "SelectionError",
            "filter_and_fit", "fit_candidates", "select_direction", "jsonable",
            "dumps", "STRICT_RULE", "RULES", "rule_direction_path", "joint_pick", "induce_bar",
-           "choose_from_table"]
-
-STRICT_RULE = "strict: finite, layer < {cut}, kl <= {kl:g}, induce > {bar:.3g}; lowest bypass"
-
-
-#: The selection rules (see the module docstring); the first is the default.
-RULES = SELECTION_RULES
-
-
-def rule_direction_path(folder: str | Path, rule: str, seed: int) -> Path:
-    """Where a direction chosen by ``rule`` for ``seed`` is saved in ``folder`` (without the
-    ``.safetensors`` suffix): written by ``analyses/selection_rules.py``, read by the analyses
-    that build on it."""
-    return Path(folder) / f"direction-{rule}-seed{seed}"
-
-
-class SelectionError(ValueError):
-    """Selection cannot proceed (no data, or no finite candidate at all)."""
-
-
-@dataclass
-class SelectionConfig:
-    """Knobs of the selection; defaults follow the paper, plus the screening stage."""
-
-    max_layer_frac: float = 0.8
-    kl_threshold: float = 0.1
-    random_kl_factor: float = 2.0
-    n_random: int = 2
-    n_screen: int = 6
-    top_k: int = 8
-    min_kept: int = 4
-    batch_size: int = 32
-    seed: int = 0
-    sink_energy: float = 0.95
-    #: candidates ablated together in one batched pass (same results, fewer passes)
-    group: int = 8
-    #: how the candidate is chosen among those passing the filters: one of :data:`RULES`
-    rule: str = SELECTION_RULES[0]
-    #: where the chosen vector is added: "read" (its own layer, the paper) or "best" (the layer
-    #: of any fully scored candidate where adding it gives the highest induce score on the
-    #: validation prompts; recorded as ``Direction.meta["addition_layer"]``)
-    addition_layer: str = "read"
-
-    def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise SelectionError(f"Unknown selection rule {self.rule!r}; pick one of {RULES}.")
-        if self.addition_layer not in ("read", "best"):
-            raise SelectionError(f"addition_layer must be 'read' or 'best', got "
-                                 f"{self.addition_layer!r}.")
-
-
-@dataclass
-class CandidateScore:
-    layer: int
-    position: int
-    norm: float
-    screen_bypass: float = math.nan
-    bypass: float = math.nan
-    induce: float = math.nan
-    kl: float = math.nan
-    scored: bool = False
-    #: Why the candidate fails the strict rule (a fallback choice can still have reasons here).
-    discarded: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SelectionResult:
-    """The chosen direction, every candidate's scores, and how the choice was made."""
-
-    direction: Direction
-    scores: list[CandidateScore]
-    rule: str
-    fallback: bool
-    notes: list[str]
-    refusal_token_ids: list[int]
-    kl_random: float
-    kl_threshold_used: float
-    filtering: dict[str, Any]
-    baseline: dict[str, float]
-    timing: dict[str, float] = field(default_factory=dict)
-    sink: dict[str, Any] = field(default_factory=dict)
-    #: every layer's candidate vector at the chosen position (for the per-layer logit lens)
-    layer_vectors: dict[int, Tensor] = field(default_factory=dict, repr=False)
-    #: rule name -> what that rule chooses from the same scores (layer, position, rule text)
-    by_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: the fully scored candidates' vectors (what :meth:`direction_for` builds from)
-    vectors: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
-    #: the induce filter's bar: min(0, harmful val prompts' mean refusal metric)
-    induce_bar: float = 0.0
-
-    def direction_for(self, rule: str) -> Direction:
-        """The direction ``rule`` chooses from these scores (the chosen one for its own rule)."""
-        if rule not in self.by_rule:
-            raise SelectionError(f"No choice recorded for rule {rule!r}; recorded: "
-                                 f"{sorted(self.by_rule)}.")
-        pick = self.by_rule[rule]
-        key = (pick["layer"], pick["position"])
-        if key == (self.direction.layer, self.direction.position):
-            return self.direction
-        s = next(c for c in self.scores if (c.layer, c.position) == key)
-        d = self.direction
-        return Direction(self.vectors[key].clone(), s.layer, s.position, model=d.model,
-                         dataset_hash=d.dataset_hash, seed=d.seed,
-                         meta={**{k: v for k, v in d.meta.items()
-                                  if k not in ("addition_layer", "addition_induce")},
-                               "bypass": s.bypass, "induce": s.induce, "kl": s.kl,
-                               "rule": pick["rule"], "fallback": pick["fallback"],
-                               "selection_rule": rule},
-                         tensors={k: v for k, v in d.tensors.items() if k != "mean_diff"})
-
-    @property
-    def chosen(self) -> CandidateScore:
-        return next(s for s in self.scores
-                    if s.layer == self.direction.layer and s.position == self.direction.position)
-
-    def table(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.scores]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"layer": self.direction.layer, "position": self.direction.position,
-                "rule": self.rule, "fallback": self.fallback, "notes": self.notes,
-                "refusal_token_ids": self.refusal_token_ids, "kl_random": self.kl_random,
-                "kl_threshold_used": self.kl_threshold_used, "filtering": self.filtering,
-                "baseline": self.baseline, "timing": self.timing, "sink": self.sink,
-                "chosen": asdict(self.chosen), "by_rule": self.by_rule,
-                "induce_bar": self.induce_bar,
-                "selection_rule": self.direction.meta.get("selection_rule"),
-                "candidates": self.table()}
-
-    def to_csv(self) -> str:
-        cols = ["layer", "position", "norm", "screen_bypass", "bypass", "induce", "kl", "scored",
-                "discarded"]
-        lines = [",".join(cols)]
-        for s in self.scores:
-            d = asdict(s)
-            d["discarded"] = ";".join(s.discarded)
-            lines.append(",".join(_fmt(d[c]) for c in cols))
-        return "\n".join(lines) + "\n"
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:.6g}" if isinstance(x, float) else str(x)
+           "choose", "choose_from_table"]
 
 
 def _by_length(model: "LensModel", instructions: Sequence[str]) -> list[str]:
@@ -240,44 +97,8 @@ def _batches(model: "LensModel", instructions: Sequence[str], size: int) -> list
     return list(iter_batches(model, list(instructions), size, max_tokens=64 * size))
 
 
-def _metric(model, batches, ids, hooks=()) -> Float[Tensor, "n"]:
-    return torch.cat([refusal_metric(last_logits(model, b, hooks), ids) for b in batches])
-
-
-@torch.no_grad()
-def _acts_and_metric(
-    model: "LensModel", instructions: Sequence[str], layers: Sequence[int],
-    positions: Sequence[int], ids: Sequence[int], batch_size: int, desc: str, progress: bool,
-) -> tuple[Float[Tensor, "n layer pos d_model"], Float[Tensor, "n"]]:
-    """One pass: per-prompt ``resid_pre`` at (layers, positions), and the refusal metric."""
-    acts, metrics, current = [], [], {}
-
-    cols = list(positions)
-    if not cols or any(p >= 0 for p in cols):
-        raise ValueError(f"positions must be negative offsets from the prompt's end, got {cols}.")
-
-    def make_hook(i: int):
-        def hook_fn(x: Tensor, hook=None) -> Tensor:
-            current[i] = x[:, cols].float().cpu()  # left padding: every prompt ends last
-            return x
-        return tag(hook_fn, "read", hook_fn)  # read-only: may run on the plain path
-
-    hooks = [(f"blocks.{l}.hook_resid_pre", make_hook(i)) for i, l in enumerate(layers)]
-    for batch in iter_batches(model, list(instructions), batch_size, desc=desc if progress else None,
-                              sort_by_length=True, max_tokens=64 * batch_size):
-        if not bool(batch.attention_mask[:, -1].all()):
-            raise ValueError("Activations are read at the last columns: pad batches on the left.")
-        check_positions(cols, int(batch.attention_mask.sum(-1).min()))
-        # a shared prefix (the system turn) may run once, as long as each row keeps its
-        # post-instruction positions for itself
-        room = int(batch.attention_mask.sum(-1).min()) - max(-p for p in cols)
-        logits = last_logits(model, batch, hooks, max_prefix=max(1, room))
-        metrics.append(refusal_metric(logits, ids))
-        acts.append(torch.stack([current[i] for i in range(len(layers))], 1))
-    out = torch.cat(acts)
-    if not torch.isfinite(out).all():
-        raise ActivationError("NaN or inf in residual activations; use float32 and check inputs.")
-    return out, torch.cat(metrics)
+def _metric(model, batches, ids, interventions=()) -> Float[Tensor, "n"]:
+    return torch.cat([refusal_metric(last_logits(model, b, interventions), ids) for b in batches])
 
 
 def filter_and_fit(
@@ -285,7 +106,8 @@ def filter_and_fit(
     refusal_ids: Sequence[int], layers: Sequence[int], positions: Sequence[int],
     batch_size: int = 32, min_kept: int = 4, progress: bool = True,
 ) -> tuple[Float[Tensor, "layer pos d_model"], dict[str, Any]]:
-    """Filter training prompts by the refusal metric and return the float64 mean differences.
+    """Filter training prompts by the refusal metric and return the float64 mean differences
+    (:func:`refusal_lens.directions.mean_diff_candidates`, the metric read from the same pass).
 
     If fewer than ``min_kept`` prompts of a side pass the filter, that side is used unfiltered
     (documented fallback, recorded in the returned info as ``"<side>_unfiltered": True``).
@@ -293,23 +115,23 @@ def filter_and_fit(
     for name, data in (("harmful", harmful), ("harmless", harmless)):
         if len(data) == 0:
             raise SelectionError(f"No {name} training prompts: pass a non-empty list.")
-    a_h, m_h = _acts_and_metric(model, harmful, layers, positions, refusal_ids, batch_size,
-                                f"fit: harmful ({len(harmful)})", progress)
-    a_s, m_s = _acts_and_metric(model, harmless, layers, positions, refusal_ids, batch_size,
-                                f"fit: harmless ({len(harmless)})", progress)
-    keep_h, keep_s = m_h > 0, m_s < 0
+    metrics: dict[str, list[Tensor]] = {"harmful": [], "harmless": []}
+
+    def keep(side: str, logits: Tensor) -> Tensor:  # harmful refused (> 0), harmless not (< 0)
+        m = refusal_metric(logits, refusal_ids)
+        metrics[side].append(m)
+        return m > 0 if side == "harmful" else m < 0
+
+    diff = mean_diff_candidates(model, harmful, harmless, layers, positions, batch_size, keep=keep,
+                                min_kept=min_kept, progress=progress)
+    m_h, m_s = torch.cat(metrics["harmful"]), torch.cat(metrics["harmless"])
+    kept_h, kept_s = int((m_h > 0).sum()), int((m_s < 0).sum())
     info: dict[str, Any] = {"harmful_total": len(harmful), "harmless_total": len(harmless),
-                            "harmful_kept": int(keep_h.sum()), "harmless_kept": int(keep_s.sum()),
-                            "harmful_unfiltered": False, "harmless_unfiltered": False,
+                            "harmful_kept": kept_h, "harmless_kept": kept_s,
+                            "harmful_unfiltered": kept_h < min_kept,
+                            "harmless_unfiltered": kept_s < min_kept,
                             "harmful_train_metric": float(m_h.mean()),
                             "harmless_train_metric": float(m_s.mean())}
-    if int(keep_h.sum()) < min_kept:
-        keep_h[:] = True
-        info["harmful_unfiltered"] = True
-    if int(keep_s.sum()) < min_kept:
-        keep_s[:] = True
-        info["harmless_unfiltered"] = True
-    diff = a_h[keep_h].double().mean(0) - a_s[keep_s].double().mean(0)
     return diff, info
 
 
@@ -336,14 +158,6 @@ def fit_candidates(
     return {"diffs": diffs, "raw": raw, "basis": basis, "filtering": filtering, "sink": sink}
 
 
-@torch.no_grad()
-def _grouped_last_logits(model: "LensModel", batch: "Batch", hooks, k: int
-                         ) -> Float[Tensor, "k batch vocab"]:
-    """Last-position logits of ``k`` copies of ``batch``, copy ``g`` under group ``g``'s hooks."""
-    copies = type(batch)(batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1))
-    return last_logits(model, copies, hooks, groups=k).reshape(k, batch.input_ids.shape[0], -1)
-
-
 def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: Tensor,
             group: int = 8):
     """Closures scoring vectors: bypass / KL of a list of vectors (ablated ``group`` at a time,
@@ -353,17 +167,15 @@ def _scorer(model: "LensModel", hh: list, hs: list, ids: Sequence[int], base_s: 
         """Per vector, the last-position logits of every prompt of ``batches`` with it ablated."""
         out: list[Tensor] = []
         for i in range(0, len(vecs), group):
-            chunk = torch.stack(list(vecs[i:i + group]))
-            hooks = ablation_hooks(model, chunk)
-            per_batch = [_grouped_last_logits(model, b, hooks, len(chunk)) for b in batches]
-            out += list(torch.cat(per_batch, 1))
+            grouped = [ablation(model, torch.stack(list(vecs[i:i + group])))]
+            out += list(torch.cat([last_logits(model, b, grouped) for b in batches], 1))
         return out
 
     def bypass(vecs: Sequence[Tensor], batches=hh) -> list[float]:
         return [float(refusal_metric(x, ids).mean()) for x in ablated(vecs, batches)]
 
     def induce(vec: Tensor, layer: int) -> float:
-        return float(_metric(model, hs, ids, addition_hooks(model, vec, layer)).mean())
+        return float(_metric(model, hs, ids, [addition(model, vec, layer)]).mean())
 
     def kl(vecs: Sequence[Tensor]) -> list[float]:
         return [float(last_position_kl(base_s, x).mean()) for x in ablated(vecs, hs)]
@@ -461,12 +273,12 @@ def select_direction(
     for name in RULES:  # every rule on the same scores; reasons and notes once (own rule)
         if name == cfg.rule:
             continue
-        other, o_rule, o_fb, _ = _choose(top, cfg, cut, kl_random, [], name, record=False,
+        other, o_rule, o_fb, _ = choose(top, cfg, cut, kl_random, [], name, record=False,
                                          bar=bar)
         if other is not None:
             by_rule[name] = {"layer": other.layer, "position": other.position, "rule": o_rule,
                              "fallback": o_fb}
-    chosen, rule, fallback, threshold = _choose(top, cfg, cut, kl_random, notes, cfg.rule,
+    chosen, rule, fallback, threshold = choose(top, cfg, cut, kl_random, notes, cfg.rule,
                                                 bar=bar)
     if chosen is None:
         raise SelectionError("No candidate has a finite bypass score; check the model's outputs.")
@@ -497,113 +309,3 @@ def select_direction(
                            {k: by_rule[k] for k in RULES if k in by_rule},
                            {(s.layer, s.position): vec_of[(s.layer, s.position)] for s in top},
                            bar)
-
-
-def choose_from_table(candidates: Sequence[dict[str, Any]], kl_random: float, n_layers: int,
-                      rule: str, config: SelectionConfig | None = None, bar: float = 0.0
-                      ) -> dict[str, Any]:
-    """What ``rule`` chooses from a recorded candidate table (``SelectionResult.table()``, or a
-    run's ``scores.json`` ``candidates``) without rescoring anything: the same filter tiers
-    and pick as :func:`select_direction`, with the recorded induce bar ``bar`` (a run's
-    ``induce_bar``; 0 for runs that predate it). ``None`` scores count as NaN."""
-    if rule not in RULES:
-        raise SelectionError(f"Unknown selection rule {rule!r}; pick one of {RULES}.")
-    cfg = config or SelectionConfig()
-    num = lambda v: math.nan if v is None else float(v)  # noqa: E731
-    top = [CandidateScore(int(c["layer"]), int(c["position"]), num(c.get("norm")),
-                          num(c.get("screen_bypass")), num(c["bypass"]), num(c["induce"]),
-                          num(c["kl"]), True)
-           for c in candidates if c.get("scored")]
-    if not top:
-        raise SelectionError("The table has no fully scored candidate ('scored': true).")
-    cut = math.ceil(cfg.max_layer_frac * n_layers)
-    chosen, text, fallback, threshold = _choose(top, cfg, cut, kl_random, [], rule, record=False,
-                                                bar=bar)
-    if chosen is None:
-        raise SelectionError("No recorded candidate has a finite bypass score.")
-    return {"layer": chosen.layer, "position": chosen.position, "rule": text,
-            "fallback": fallback, "kl_threshold_used": threshold}
-
-
-def joint_pick(passing: Sequence[CandidateScore]) -> CandidateScore:
-    """The ``joint`` rule's choice: the best worse-of-two rank, bypass ranked ascending and
-    induce descending within ``passing`` (rank 1 = best); ties go to the lower bypass."""
-    if not passing:
-        raise SelectionError("joint_pick needs at least one candidate.")
-    by_b = {id(s): 1 + sum(o.bypass < s.bypass for o in passing) for s in passing}
-    by_i = {id(s): 1 + sum(o.induce > s.induce for o in passing) for s in passing}
-    return min(passing, key=lambda s: (max(by_b[id(s)], by_i[id(s)]), s.bypass))
-
-
-def induce_bar(harmful_val_metric: float) -> float:
-    """The induce filter's bar (module docstring): 0, or the harmful val prompts' own mean
-    refusal metric where that is below 0."""
-    if not math.isfinite(harmful_val_metric):
-        raise SelectionError(f"The harmful val prompts' mean refusal metric is "
-                             f"{harmful_val_metric}; check the model's outputs.")
-    return min(0.0, float(harmful_val_metric))
-
-
-def _choose(top: list[CandidateScore], cfg: SelectionConfig, cut: int, kl_random: float,
-            notes: list[str], rule_name: str = "paper", record: bool = True, bar: float = 0.0
-            ) -> tuple[CandidateScore | None, str, bool, float]:
-    """Apply the strict filters, then the documented relaxations, recording discard reasons
-    (``record``); within the first tier that has candidates, pick by ``rule_name``. ``bar`` is
-    the induce filter's (:func:`induce_bar`)."""
-    finite = [s for s in top if all(math.isfinite(v) for v in (s.bypass, s.induce, s.kl))]
-    for s in (top if record else ()):
-        if s not in finite:
-            s.discarded.append("NaN score")
-        if s.layer >= cut:
-            s.discarded.append(f"layer >= {cut}")
-        if s in finite and s.kl > cfg.kl_threshold:
-            s.discarded.append(f"kl {s.kl:.3g} > {cfg.kl_threshold:g}")
-        if s in finite and s.induce <= bar:
-            s.discarded.append(f"induce {s.induce:.3g} <= {bar:.3g}")
-    finite = [s for s in finite if s.layer < cut]
-    relaxed = max(cfg.kl_threshold, cfg.random_kl_factor * kl_random) \
-        if math.isfinite(kl_random) else cfg.kl_threshold
-    tiers = [
-        (STRICT_RULE.format(cut=cut, kl=cfg.kl_threshold, bar=bar), cfg.kl_threshold,
-         lambda s: s.kl <= cfg.kl_threshold and s.induce > bar),
-        (f"relaxed KL: kl <= max({cfg.kl_threshold:g}, {cfg.random_kl_factor:g} x random-direction "
-         f"KL {kl_random:.3g}) = {relaxed:.3g}, induce > {bar:.3g}; lowest bypass", relaxed,
-         lambda s: s.kl <= relaxed and s.induce > bar),
-        (f"no KL filter: induce > {bar:.3g}; lowest bypass", math.inf,
-         lambda s: s.induce > bar),
-        ("bypass only: lowest bypass among finite candidates", math.inf, lambda s: True),
-    ]
-    pick = joint_pick if rule_name == "joint" else (lambda c: min(c, key=lambda s: s.bypass))
-    for i, (rule, threshold, ok) in enumerate(tiers):
-        passing = [s for s in finite if ok(s)]
-        if passing:
-            best = pick(passing)
-            if rule_name == "joint":
-                rule = rule.replace("lowest bypass", "best worse-of-two rank (bypass, induce)")
-            if i > 0:
-                notes.append(f"all {len(top)} scored candidates failed the strict filters "
-                             f"(KL <= {cfg.kl_threshold:g}, induce > {bar:.3g}); chose by "
-                             f"fallback rule "
-                             f"'{rule}'")
-            return best, rule, i > 0, threshold
-    return None, "none", True, math.nan
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` with non-finite floats as ``None`` and tensors as lists (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, Tensor):
-        return jsonable(x.tolist())
-    if x is None or isinstance(x, (bool, int, str)):
-        return x
-    return str(x)
-
-
-def dumps(x: Any) -> str:
-    """Strict JSON text (NaN/inf become null)."""
-    return json.dumps(jsonable(x), indent=2, allow_nan=False) + "\n"

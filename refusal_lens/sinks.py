@@ -21,6 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .execution import collect
+from .model import Batch
+
 if TYPE_CHECKING:
     from .model import LensModel
 
@@ -34,8 +37,8 @@ def first_token_residuals(model: "LensModel") -> Float[Tensor, "point d_model"]:
     ids = model.tokenize(model.format(["x"])).input_ids[:, :1]
     names = [f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)]
     names.append(f"blocks.{model.n_layers - 1}.hook_resid_post")
-    _, cache = model.bridge.run_with_cache(ids, names_filter=lambda n: n in names)
-    out = torch.stack([cache[n][0, 0].double().cpu() for n in names])
+    (cap,) = collect(model, [Batch(ids, torch.ones_like(ids))], names)
+    out = torch.stack([cap.acts[n][0, 0].double().cpu() for n in names])
     if not torch.isfinite(out).all():
         from .activations import ActivationError
 

@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 
 from .activations import run_cache
 from .directions import Direction
-from .interventions import HookList, ablation_hooks
+from .interventions import HookList, Intervention, ablation
 
 if TYPE_CHECKING:
     from .model import LensModel
 
-__all__ = ["site_activations", "refusal_subspace", "random_subspace", "subspace_ablation_hooks",
+__all__ = ["site_activations", "refusal_subspace", "random_subspace", "subspace_ablation",
+           "subspace_ablation_hooks",
            "subspace_sweep"]
 
 
@@ -108,10 +109,10 @@ def random_subspace(d_model: int, k: int, seed: int = 0,
     return _orthonormal(r)
 
 
-def subspace_ablation_hooks(model: "LensModel", basis: Float[Tensor, "k d_model"],
-                            strength: float = 1.0) -> HookList:
+def subspace_ablation(model: "LensModel", basis: Float[Tensor, "k d_model"],
+                      strength: float = 1.0) -> list[Intervention]:
     """Ablate the span of the orthonormal rows of ``basis`` at every layer and position:
-    ``x - strength * B^T B x`` (one projection hook per row, applied in turn)."""
+    ``x - strength * B^T B x`` (one projection per row, applied in turn)."""
     b = torch.as_tensor(basis).double()
     if b.dim() != 2 or b.shape[0] < 1:
         raise ValueError(f"basis must be a (k, d_model) matrix with k >= 1, got shape "
@@ -120,7 +121,13 @@ def subspace_ablation_hooks(model: "LensModel", basis: Float[Tensor, "k d_model"
     if not torch.allclose(gram, torch.eye(len(b), dtype=b.dtype), atol=1e-5):
         raise ValueError("basis rows must be orthonormal; build it with refusal_subspace or "
                          "random_subspace (or orthonormalise it with torch.linalg.qr).")
-    return [h for row in b for h in ablation_hooks(model, row.float(), strength=strength)]
+    return [ablation(model, row.float(), strength=strength) for row in b]
+
+
+def subspace_ablation_hooks(model: "LensModel", basis: Float[Tensor, "k d_model"],
+                            strength: float = 1.0) -> HookList:
+    """:func:`subspace_ablation` as TransformerLens hooks."""
+    return [h for iv in subspace_ablation(model, basis, strength) for h in iv.hooks(model)]
 
 
 def subspace_sweep(
@@ -148,7 +155,7 @@ def subspace_sweep(
         row: dict[str, Any] = {"k": k}
         rand = random_subspace(basis.shape[-1], k, 40_000 + 97 * seed + k, sink_basis)
         for name, b in (("subspace", basis[:k]), ("random", rand)):
-            hooks = subspace_ablation_hooks(model, b)
+            hooks = subspace_ablation(model, b)
             row[name] = {"refusal": meter.refusal(harmful, hooks)} | meter.capability(hooks)
         out["rows"].append(row)
     return out

@@ -28,7 +28,7 @@ from .configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
 from .directions import Direction, random_like
 from .evaluation import rate_summary
 from .generation import generate
-from .interventions import ablation_hooks, addition_hooks
+from .interventions import Intervention, ablation, addition
 from .scoring import Judge, SubstringJudge, completion_cross_entropy
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class Meter:
     """Refusal rate of prompts under hooks, and capability (CE of reference answers to the
     harmless prompts, last-position KL vs the unintervened model) under hooks.
 
+    ``hooks`` is a list of :class:`~refusal_lens.execution.Intervention` values (which may run
+    on the plain path) and/or TransformerLens ``(name, fn)`` hooks (which run on the bridge).
     The unintervened harmless completions and CE reference are computed once, on creation;
     empty hooks return them without another pass. Shared by every sweep.
     """
@@ -86,10 +88,14 @@ class Meter:
                                               batch_size=batch_size,
                                               max_completion_tokens=CE_TOKENS)
 
+    @staticmethod
+    def _split(hooks) -> dict[str, list]:
+        ivs = [h for h in hooks if isinstance(h, Intervention)]
+        return {"interventions": ivs, "fwd_hooks": [h for h in hooks if h not in ivs]}
+
     def generate(self, prompts: Sequence[str], hooks) -> list[str]:
-        return generate(self.model, list(prompts), fwd_hooks=hooks,
-                        max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                        progress=False)
+        return generate(self.model, list(prompts), max_new_tokens=self.max_new_tokens,
+                        batch_size=self.batch_size, progress=False, **self._split(hooks))
 
     def flags(self, prompts: Sequence[str], hooks) -> list[bool]:
         """The judge's refusal flag per prompt under ``hooks``."""
@@ -105,9 +111,10 @@ class Meter:
         """CE of the reference answers and last-position KL under ``hooks``."""
         if not hooks:
             return {"ce": self._base["ce"], "kl": 0.0}
-        out = completion_cross_entropy(self.model, self.harmless, self.text, hooks,
-                                       self.batch_size, self._base["last_logits"],
-                                       max_completion_tokens=CE_TOKENS)
+        out = completion_cross_entropy(self.model, self.harmless, self.text,
+                                       batch_size=self.batch_size,
+                                       reference_last=self._base["last_logits"],
+                                       max_completion_tokens=CE_TOKENS, **self._split(hooks))
         return {"ce": out["ce"], "kl": out["kl"]}
 
     def baseline(self, harmful: Sequence[str]) -> dict[str, Any]:
@@ -152,10 +159,10 @@ def strength_sweep(
         row: dict[str, Any] = {"strength": float(x)}
         for name, vec in (("direction", direction.vector), ("random", rand)):
             if kind == "ablation":
-                hooks = ablation_hooks(model, vec, strength=x) if x else []
+                hooks = [ablation(model, vec, strength=x)] if x else []
                 row[name] = {"refusal": refusal(harmful, hooks)}
             else:
-                hooks = addition_hooks(model, vec, add_layer, coeff=x) if x else []
+                hooks = [addition(model, vec, add_layer, coeff=x)] if x else []
                 row[name] = {"refusal": refusal(harmless, hooks)}
             row[name] |= capability(hooks)
         out[kind].append(row)

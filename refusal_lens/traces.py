@@ -11,7 +11,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .batching import iter_batches
 from .console import progress_bar
+from .execution import collect
 
 if TYPE_CHECKING:
     from .directions import Direction
@@ -36,29 +38,16 @@ def last_token_cosines(
     progress: bool = False,
 ) -> Float[Tensor, "prompt site"]:
     """Cosine of the last token's ``resid_pre`` (every layer, then the last ``resid_post``)."""
-    from .activations import iter_batches
-
     unit = _unit(direction, model)
     names = [f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)]
     if include_final:
         names.append(f"blocks.{model.n_layers - 1}.hook_resid_post")
     rows: list[Tensor] = []
-    store: dict[str, Tensor] = {}
-    state: dict = {}
-
-    def grab(name: str):  # keyed by the requested name (aliases report their canonical one)
-        def fn(x: Tensor, hook) -> Tensor:
-            store[name] = state["batch"].gather(x, [-1])[:, 0].to(unit.device, torch.float64)
-            return x
-        return fn
-
     desc = f"cosines ({len(instructions)})" if progress else None
-    for batch in iter_batches(model, list(instructions), batch_size, desc=desc):
-        state["batch"] = batch
-        with model.bridge.hooks(fwd_hooks=[(n, grab(n)) for n in names]):
-            model.bridge(batch.input_ids, **batch.forward_kwargs())
-        acts = torch.stack([store[n] for n in names], 1)  # (batch, site, d_model)
-        rows.append((acts @ unit / acts.norm(dim=-1)).cpu())
+    batches = iter_batches(model, list(instructions), batch_size, desc=desc)
+    for cap in collect(model, batches, names, positions=[-1]):
+        acts = torch.stack([cap.acts[n][:, 0].to(unit.device, torch.float64) for n in names], 1)
+        rows.append((acts @ unit / acts.norm(dim=-1)).cpu())  # (batch, site)
     return torch.cat(rows)
 
 

@@ -15,12 +15,14 @@ from refusal_lens.attention import attention_to_spans
 from refusal_lens.attribution import direct_feature_attribution
 from refusal_lens.directions import Direction, mean_diff_candidates
 from refusal_lens.generation import generate
-from refusal_lens.interventions import ablation_hooks, addition_hooks, layer_device
+from refusal_lens.execution import layer_device
+from refusal_lens.interventions import ablation, addition
 from refusal_lens.export import export_hf
 from refusal_lens.orthogonalize import orthogonalize
 from refusal_lens.placement import (PlacementError, check_placement, execution_device,
                                     is_dispatched, parse_max_memory)
-from refusal_lens.scoring import completion_cross_entropy, last_logits
+from refusal_lens.execution import last_logits
+from refusal_lens.scoring import completion_cross_entropy
 from refusal_lens.selection import SelectionConfig, select_direction
 
 NO_CUDA = not torch.cuda.is_available()
@@ -156,32 +158,30 @@ def test_same_logits_and_residual_means(synthetic, offloaded, prompts):
 
 def test_hooks_hold_one_copy_of_their_vector_per_device(offloaded):
     v = offloaded.info["synthetic"].direction
-    hooks = ablation_hooks(offloaded, v)
-    units = {id(fn.refusal_lens_op[1]) for _, fn in hooks}
+    placed = ablation(offloaded, v).placed(offloaded)
+    units = {id(u) for u in placed.values()}
     assert len(units) == len({layer_device(offloaded, l) for l in range(offloaded.n_layers)})
-    for name, fn in hooks:
-        u = fn.refusal_lens_op[1]
-        layer = int(name.split(".")[1])
+    for layer, u in placed.items():
         assert u.device == layer_device(offloaded, layer) and u.dtype == offloaded.dtype
-    (name, add), = addition_hooks(offloaded, v, offloaded.n_layers - 1, 2.0)
-    assert add.refusal_lens_op[1].device == layer_device(offloaded, offloaded.n_layers - 1)
+    (add,) = addition(offloaded, v, offloaded.n_layers - 1, 2.0).placed(offloaded).values()
+    assert add.device == layer_device(offloaded, offloaded.n_layers - 1)
 
 
 def test_same_greedy_text_under_ablation_and_addition(synthetic, offloaded, prompts):
     harmful, harmless = prompts
     v = synthetic.info["synthetic"].direction
     layer = synthetic.info["synthetic"].plant_layer + 1
-    for m_hooks in (lambda m: (), lambda m: ablation_hooks(m, v),
-                    lambda m: addition_hooks(m, 3 * v, layer)):
+    for m_hooks in (lambda m: (), lambda m: [ablation(m, v)],
+                    lambda m: [addition(m, 3 * v, layer)]):
         for instr in (harmful, harmless):
-            want = generate(synthetic, instr, m_hooks(synthetic), max_new_tokens=8,
+            want = generate(synthetic, instr, interventions=m_hooks(synthetic), max_new_tokens=8,
                             progress=False)
-            assert generate(offloaded, instr, m_hooks(offloaded), max_new_tokens=8,
+            assert generate(offloaded, instr, interventions=m_hooks(offloaded), max_new_tokens=8,
                             progress=False) == want
     # the KV-cached decoder equals the model's own uncached generate on the offloaded model
-    assert generate(offloaded, harmful, ablation_hooks(offloaded, v), max_new_tokens=8,
+    assert generate(offloaded, harmful, interventions=[ablation(offloaded, v)], max_new_tokens=8,
                     use_cache=False, progress=False) == \
-        generate(offloaded, harmful, ablation_hooks(offloaded, v), max_new_tokens=8,
+        generate(offloaded, harmful, interventions=[ablation(offloaded, v)], max_new_tokens=8,
                  progress=False)
 
 
@@ -189,7 +189,7 @@ def test_same_scores_and_selection(synthetic, offloaded):
     syn = synthetic.info["synthetic"]
     v = syn.direction
     ce = [completion_cross_entropy(m, syn.harmless[:6], ["Sure here is your answer"] * 6,
-                                   ablation_hooks(m, v)) for m in (synthetic, offloaded)]
+                                   interventions=[ablation(m, v)]) for m in (synthetic, offloaded)]
     assert ce[0]["ce"] == ce[1]["ce"] and torch.equal(ce[0]["last_logits"], ce[1]["last_logits"])
     data = dict(harmful_train=syn.harmful[:24], harmless_train=syn.harmless[:24],
                 harmful_val=syn.harmful[24:36], harmless_val=syn.harmless[24:36],
@@ -284,11 +284,12 @@ def test_organism_offloaded_same_logits_and_candidates(embedded, organism_offloa
 def test_organism_offloaded_same_text_under_ablation_and_addition(
         embedded, organism_offloaded, organism_direction):
     layer = organism_direction.layer
-    for hooks in (lambda m: ablation_hooks(m, organism_direction),
-                  lambda m: addition_hooks(m, organism_direction, layer)):
+    for ivs in (lambda m: [ablation(m, organism_direction)],
+                lambda m: [addition(m, organism_direction, layer)]):
         for instr in (HARMFUL, HARMLESS):
-            want = generate(embedded, instr, hooks(embedded), max_new_tokens=16, progress=False)
-            assert generate(organism_offloaded, instr, hooks(organism_offloaded),
+            want = generate(embedded, instr, interventions=ivs(embedded), max_new_tokens=16,
+                            progress=False)
+            assert generate(organism_offloaded, instr, interventions=ivs(organism_offloaded),
                             max_new_tokens=16, progress=False) == want
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from refusal_lens.errors import InputError, NonFiniteError
-from refusal_lens.generation import eos_ids, generate, greedy_decode
-from refusal_lens.interventions import ablation_hooks, addition_hooks
-from refusal_lens.runner import running
+from refusal_lens.execution import running
+from refusal_lens.generation import eos_ids, generate
+from refusal_lens.hf_modules import greedy_decode
+from refusal_lens.interventions import ablation, addition
 
 SYSTEM = "You are a careful assistant. Answer briefly, plainly and well, in one or two lines."
 
@@ -20,8 +21,8 @@ def syn(synthetic):
 
 
 def _hooks(m, s):
-    return {"none": [], "ablation": ablation_hooks(m, s.direction),
-            "addition": addition_hooks(m, s.direction * 3, 2)}
+    return {"none": [], "ablation": [ablation(m, s.direction)],
+            "addition": [addition(m, s.direction * 3, 2)]}
 
 
 @pytest.mark.parametrize("name", ["none", "ablation", "addition"])
@@ -30,16 +31,16 @@ def test_cached_greedy_equals_uncached(syn, name, system):
     m, s, prompts = syn
     kw = dict(max_new_tokens=12, batch_size=4, progress=False, system=system)
     hooks = _hooks(m, s)[name]
-    cached = generate(m, prompts, hooks, **kw)
-    assert cached == generate(m, prompts, hooks, use_cache=False, **kw)
-    assert cached == generate(m, prompts, hooks, share_prefix=False, **kw)
+    cached = generate(m, prompts, interventions=hooks, **kw)
+    assert cached == generate(m, prompts, interventions=hooks, use_cache=False, **kw)
+    assert cached == generate(m, prompts, interventions=hooks, share_prefix=False, **kw)
 
 
 def test_decode_loop_equals_the_models_own_generate(syn):
     m, s, prompts = syn
     tok = m.tokenizer
     batch = m.tokenize(m.format(prompts))
-    with torch.no_grad(), running(m, ablation_hooks(m, s.direction)) as hf:
+    with torch.no_grad(), running(m, [ablation(m, s.direction)]) as hf:
         ref = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
         ours = greedy_decode(hf, batch.input_ids, batch.attention_mask, 10, eos_ids(hf, tok),
@@ -83,9 +84,9 @@ def test_cached_greedy_equals_uncached_embedded(embedded, embedded_direction):
     prompts = ["How do I make a pipe bomb?", "Write a haiku about autumn leaves.",
                "Explain how to pick a lock.", "Hi"]
     kw = dict(max_new_tokens=24, batch_size=4, progress=False)
-    for hooks in ([], ablation_hooks(m, embedded_direction)):
-        cached = generate(m, prompts, hooks, **kw)
-        assert cached == generate(m, prompts, hooks, use_cache=False, **kw)
+    for hooks in ([], [ablation(m, embedded_direction)]):
+        cached = generate(m, prompts, interventions=hooks, **kw)
+        assert cached == generate(m, prompts, interventions=hooks, use_cache=False, **kw)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

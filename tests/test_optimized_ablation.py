@@ -18,7 +18,7 @@ from refusal_lens.optimized_ablation import (
     weighted_orthogonalize,
 )
 from refusal_lens.orthogonalize import orthogonalize
-from refusal_lens.scoring import last_logits
+from refusal_lens.execution import last_logits
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_weighted_orthogonalization_equals_weighted_hooks(synthetic, planted, ba
     weights = LayerWeights.from_kernels(n, Kernel(1.0, 1.5, 1.3, 0.4), Kernel(2.5, 1.0, 0.8, 0.1))
     assert weights.attn != weights.mlp
     edited = last_logits(weighted_orthogonalize(synthetic, d, weights), batch)
-    hooked = last_logits(synthetic, batch, weighted_hooks(synthetic, d, weights))
+    hooked = last_logits(synthetic, batch, fwd_hooks=weighted_hooks(synthetic, d, weights))
     plain = last_logits(synthetic, batch)
     assert (edited - plain).abs().max() > 1e-2  # the edit does something
     assert torch.allclose(edited, hooked, atol=1e-4), (edited - hooked).abs().max()

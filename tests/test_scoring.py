@@ -69,7 +69,7 @@ def test_refusal_tokens_from_the_model(synthetic):
 
 
 def test_completion_cross_entropy(synthetic):
-    from refusal_lens.interventions import ablation_hooks
+    from refusal_lens.interventions import ablation
 
     syn = synthetic.info["synthetic"]
     instr = syn.harmful[:3]
@@ -77,7 +77,7 @@ def test_completion_cross_entropy(synthetic):
     bad = completion_cross_entropy(synthetic, instr, ["Sure here is your answer"] * 3)
     assert good["n_tokens"] == 15 and 0 <= good["ce"] < bad["ce"]
     abl = completion_cross_entropy(synthetic, instr, ["Sure here is your answer"] * 3,
-                                   ablation_hooks(synthetic, syn.direction),
+                                   interventions=[ablation(synthetic, syn.direction)],
                                    reference_last=bad["last_logits"])
     assert abl["ce"] < bad["ce"] and abl["kl"] > 0.1
     with pytest.raises(ValueError):

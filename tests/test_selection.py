@@ -110,15 +110,15 @@ def test_joint_pick_maximises_the_worse_rank():
 def test_joint_rule_keeps_the_fallback_chain(synthetic):
     """Both rules pick within the first filter tier that has candidates: a candidate failing
     the KL filter is never taken by 'joint' while another passes it."""
-    from refusal_lens.selection import _choose
+    from refusal_lens.selection import choose
 
     cfg = SelectionConfig(kl_threshold=0.1)
     good = _cand(1, bypass=-1.0, induce=0.5, kl=0.05)
     loud = _cand(2, bypass=-9.0, induce=9.0, kl=5.0)  # best at both, fails KL
     for rule in ("paper", "joint"):
-        chosen, text, fallback, _ = _choose([good, loud], cfg, 3, 0.01, [], rule, record=False)
+        chosen, text, fallback, _ = choose([good, loud], cfg, 3, 0.01, [], rule, record=False)
         assert chosen is good and not fallback, rule
-    chosen, text, fallback, _ = _choose([loud], cfg, 3, 0.01, [], "joint", record=False)
+    chosen, text, fallback, _ = choose([loud], cfg, 3, 0.01, [], "joint", record=False)
     assert chosen is loud and fallback and "worse-of-two" in text
 
 
@@ -154,7 +154,7 @@ def test_rules_on_the_same_scores(synthetic, data, strict):
 def test_induce_bar_is_the_papers_zero_or_the_models_own_harmful_level(strict):
     """bar = min(0, harmful val mean metric): 0 where the model's harmful prompts sit above 0,
     their own level where they sit below it (a candidate at -0.5 then passes a bar of -0.75)."""
-    from refusal_lens.selection import _choose, induce_bar
+    from refusal_lens.selection import choose, induce_bar
 
     assert induce_bar(2.5) == 0.0 and induce_bar(0.0) == 0.0
     assert induce_bar(-0.75) == -0.75
@@ -163,9 +163,9 @@ def test_induce_bar_is_the_papers_zero_or_the_models_own_harmful_level(strict):
     cfg = SelectionConfig(kl_threshold=0.1)
     weak = _cand(1, bypass=-2.0, induce=-0.5, kl=0.05)
     for bar, fallback in ((0.0, True), (-0.75, False)):
-        chosen, text, fb, _ = _choose([weak], cfg, 3, 0.01, [], "paper", record=False, bar=bar)
+        chosen, text, fb, _ = choose([weak], cfg, 3, 0.01, [], "paper", record=False, bar=bar)
         assert chosen is weak and fb is fallback, bar
-    assert "induce > -0.75" in _choose([weak], cfg, 3, 0.01, [], "paper", record=False,
+    assert "induce > -0.75" in choose([weak], cfg, 3, 0.01, [], "paper", record=False,
                                        bar=-0.75)[1]
     assert strict.induce_bar == induce_bar(strict.baseline["harmful_val_metric"])
     assert strict.to_json()["induce_bar"] == strict.induce_bar
@@ -202,3 +202,64 @@ def test_choose_from_a_recorded_table(synthetic, strict):
         choose_from_table([], 0.1, synthetic.n_layers, "paper")
     with pytest.raises(SelectionError, match="rule"):
         choose_from_table(table, 0.1, synthetic.n_layers, "best")
+
+
+def _per_prompt_fit(model, harmful, harmless, ids, layers, positions, batch_size=32,
+                    min_kept=4):
+    """The fit as selection computed it before it used mean_diff_candidates: per-prompt float32
+    activations and refusal metric (bridge hooks), filtered, averaged in float64."""
+    from refusal_lens.batching import iter_batches
+    from refusal_lens.scoring import refusal_metric
+
+    def side(prompts):
+        acts, metrics, cur = [], [], {}
+
+        def grab(i):
+            def fn(x, hook=None):
+                cur[i] = x[:, positions].float().cpu()
+                return x
+            return fn
+
+        hooks = [(f"blocks.{l}.hook_resid_pre", grab(i)) for i, l in enumerate(layers)]
+        for batch in iter_batches(model, prompts, batch_size, sort_by_length=True,
+                                  max_tokens=64 * batch_size):
+            metrics.append(refusal_metric(model.logits(batch, hooks)[:, -1].float(), ids))
+            acts.append(torch.stack([cur[i] for i in range(len(layers))], 1))
+        return torch.cat(acts), torch.cat(metrics)
+
+    (a_h, m_h), (a_s, m_s) = side(harmful), side(harmless)
+    keep_h, keep_s = m_h > 0, m_s < 0
+    if int(keep_h.sum()) < min_kept:
+        keep_h[:] = True
+    if int(keep_s.sum()) < min_kept:
+        keep_s[:] = True
+    return a_h[keep_h].double().mean(0) - a_s[keep_s].double().mean(0)
+
+
+def test_fit_with_mean_diff_candidates_equals_the_per_prompt_fit(synthetic, data, strict,
+                                                                 monkeypatch):
+    """Selection's filtered difference in means (mean_diff_candidates, float64 streaming sums)
+    equals the per-prompt fit it replaced, and selection chooses the same candidate from it."""
+    import math
+
+    import refusal_lens.selection as selection
+
+    layers = list(range(math.ceil(0.8 * synthetic.n_layers)))  # the layers selection fits
+    positions = synthetic.post_instruction_positions
+    new, info = selection.filter_and_fit(synthetic, data["harmful_train"],
+                                         data["harmless_train"], data["refusal_ids"], layers,
+                                         positions, progress=False)
+    old = _per_prompt_fit(synthetic, data["harmful_train"], data["harmless_train"],
+                          data["refusal_ids"], layers, positions)
+    assert new.dtype == torch.float64 and new.shape == old.shape
+    live = old.norm(dim=-1) > 1e-6 * old.norm(dim=-1).max()
+    cos = torch.nn.functional.cosine_similarity(new, old, dim=-1)[live]
+    assert float(cos.min()) > 0.99999
+    assert torch.allclose(new, old, rtol=0, atol=1e-5 * float(old.abs().max()))
+    assert info["harmful_kept"] >= 4 and info["harmless_kept"] >= 4
+    assert not info["harmful_unfiltered"] and not info["harmless_unfiltered"]
+
+    monkeypatch.setattr(selection, "filter_and_fit", lambda *a, **k: (old, info))
+    again = select_direction(synthetic, **data, config=SelectionConfig(top_k=4), progress=False)
+    assert (again.direction.layer, again.direction.position) == (strict.direction.layer,
+                                                                strict.direction.position)

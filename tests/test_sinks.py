@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from refusal_lens.directions import Direction, random_like
-from refusal_lens.interventions import ablation_hooks
-from refusal_lens.scoring import last_logits, last_position_kl
+from refusal_lens.interventions import ablation
+from refusal_lens.execution import last_logits
+from refusal_lens.scoring import last_position_kl
 from refusal_lens.selection import SelectionConfig, select_direction
 from refusal_lens.sinks import first_token_residuals, project_off_basis, sink_basis
 
@@ -93,7 +94,7 @@ def test_sink_projection_spares_the_first_token_embedded(embedded, embedded_dire
     base = last_logits(m, batch)
 
     def kl(vec):
-        return float(last_position_kl(base, last_logits(m, batch, ablation_hooks(m, vec))).mean())
+        return float(last_position_kl(base, last_logits(m, batch, [ablation(m, vec)])).mean())
 
     raw = random_like(embedded_direction.vector, seed=0)
     kept = project_off_basis(raw, basis)

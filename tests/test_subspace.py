@@ -8,7 +8,7 @@ import torch
 
 from refusal_lens.directions import Direction
 from refusal_lens.interventions import ablation_hooks
-from refusal_lens.scoring import last_logits
+from refusal_lens.execution import last_logits
 from refusal_lens.subspace import (
     random_subspace,
     refusal_subspace,
@@ -58,9 +58,9 @@ def test_hooks_project_off_the_span(synthetic, planted, basis):
     bf = b.float()
     assert torch.allclose(y, x - (x @ bf.T) @ bf, atol=1e-5)
     batch = synthetic.encode_instructions(syn.harmful[:4])
-    one = last_logits(synthetic, batch, subspace_ablation_hooks(synthetic, b[:1]))
-    assert torch.allclose(one, last_logits(synthetic, batch, ablation_hooks(synthetic, d)),
-                          atol=1e-5)
+    one = last_logits(synthetic, batch, fwd_hooks=subspace_ablation_hooks(synthetic, b[:1]))
+    assert torch.allclose(one, last_logits(synthetic, batch,
+                                           fwd_hooks=ablation_hooks(synthetic, d)), atol=1e-5)
     with pytest.raises(ValueError, match="orthonormal"):
         subspace_ablation_hooks(synthetic, b * 2)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from refusal_lens.directions import Direction
-from refusal_lens.interventions import ablation_hooks
-from refusal_lens.scoring import last_logits
+from refusal_lens.interventions import ablation, ablation_hooks
+from refusal_lens.execution import last_logits
 from refusal_lens.sweeps import check_strengths, strength_sweep
 
 
@@ -23,23 +23,23 @@ def test_partial_ablation_is_the_scaled_projection(synthetic, planted):
         want = x - alpha * (x @ u)[..., None] * u
         assert torch.allclose(fn(x), want, atol=1e-5), alpha
     # strength 1 keeps today's hook exactly (the unit vector itself)
-    op, vec = ablation_hooks(synthetic, d)[0][1].refusal_lens_op
-    assert op == "project" and torch.equal(vec, (d.vector / d.vector.norm()).to(vec))
+    iv = ablation(synthetic, d)
+    vec = iv.placed(synthetic)[0]
+    assert iv.op == "ablate" and torch.equal(vec, (d.vector / d.vector.norm()).to(vec))
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="strength"):
             ablation_hooks(synthetic, d, strength=bad)
 
 
 def test_partial_ablation_plain_path_equals_bridge(synthetic, planted):
-    """The tagged scaled projection on the plain modules gives the bridge's logits."""
+    """The scaled projection on the plain modules gives the bridge's logits."""
     syn, d = planted
     batch = synthetic.encode_instructions(syn.harmful[:4] + syn.harmless[:4])
+    plain = last_logits(synthetic, batch, [ablation(synthetic, d, strength=0.4)])
     hooks = ablation_hooks(synthetic, d, strength=0.4)
-    plain = last_logits(synthetic, batch, hooks)
-    untagged = [(name, lambda x, hook=None, f=fn: f(x)) for name, fn in hooks]
-    bridge = last_logits(synthetic, batch, untagged)  # untagged: runs through the bridge
+    bridge = last_logits(synthetic, batch, fwd_hooks=hooks)  # hooks: run through the bridge
     assert torch.allclose(plain, bridge, atol=1e-4)
-    none = last_logits(synthetic, batch, ablation_hooks(synthetic, d, strength=0.0))
+    none = last_logits(synthetic, batch, [ablation(synthetic, d, strength=0.0)])
     assert torch.allclose(none, last_logits(synthetic, batch), atol=1e-5)
 
 
