@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--n", type=int, default=16 if FAST else 100, help="prompts per condition")
     p.add_argument("--k", type=int, default=8, help="number of top DFA heads")
-    p.add_argument("--direction", default="runs/embedded/direction.safetensors")
-    p.add_argument("--layer", type=int, default=None, help="layer to fit a direction at")
+    p.add_argument("--direction", default=None, metavar="PATH",
+                   help="a saved direction (default: the direction shipped for --model)")
     p.add_argument("--out", default="figures/attention_shift")
     p.add_argument("--views-only", action="store_true",
                    help="only redraw the circuitsvis views of the heads saved in <out>.json "
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         write_views(model, load_splits(seed=0).harmful_test[0], heads,
                     shipped_suffix(args.model)["suffix"], args.out)
         return 0
-    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
+    setup = suffix_analysis(model, args.n, direction=args.direction,
                             model_key=args.model)
     heads = direct_feature_attribution(model, setup.harmful, setup.direction).top_heads(args.k)
     shift = attention_shift(model, setup.harmful, heads, setup.adversarial, setup.random_suffixes)

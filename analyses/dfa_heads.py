@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--n", type=int, default=16 if FAST else 100, help="prompts per condition")
     p.add_argument("--k", type=int, default=8, help="number of top heads")
-    p.add_argument("--direction", default="runs/embedded/direction.safetensors")
-    p.add_argument("--layer", type=int, default=None, help="layer to fit a direction at")
+    p.add_argument("--direction", default=None, metavar="PATH",
+                   help="a saved direction (default: the direction shipped for --model)")
     p.add_argument("--out", default="figures/dfa_heads")
     args = p.parse_args(argv)
     model = load_model(args.model)
-    setup = suffix_analysis(model, args.n, direction_path=args.direction, layer=args.layer,
+    setup = suffix_analysis(model, args.n, direction=args.direction,
                             model_key=args.model)
     dfas = dfa_by_condition(model, setup.direction, setup.conditions(with_harmless=False))
     errors = {c: d.error() for c, d in dfas.items()}

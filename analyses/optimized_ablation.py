@@ -20,7 +20,7 @@ from pathlib import Path
 
 from refusal_lens import load_model
 from refusal_lens.directions import Direction, random_like
-from refusal_lens.interventions import ablation_hooks
+from refusal_lens.interventions import ablation
 from refusal_lens.optimized_ablation import (
     LayerWeights,
     search_weights,
@@ -103,8 +103,8 @@ def measure(args: argparse.Namespace) -> dict:
         chosen = _weights({"search": search})
         test = {"baseline": meter.baseline(data.harmful_test)}
         for name, hooks in (("chosen", weighted_hooks(model, d, chosen)),
-                            ("single_direction", ablation_hooks(model, d)),
-                            ("random", ablation_hooks(model, rand))):
+                            ("single_direction", [ablation(model, d)]),
+                            ("random", [ablation(model, rand)])):
             test[name] = {"refusal": meter.refusal(data.harmful_test, hooks)} | \
                 meter.capability(hooks)
             print(f"seed {seed} {name}: refusal {test[name]['refusal']['rate']:.2f}, KL "

@@ -129,38 +129,28 @@ class SuffixAnalysis:
                                  self.adversarial, self.random_suffixes)
 
 
-def fit_or_load_direction(model: "LensModel", path: str | None = None, layer: int | None = None,
-                          n_train: int = 128, progress: bool = True) -> tuple["Direction", str]:
-    """The pipeline's saved direction if ``path`` exists, else a diff-in-means at ``layer``, -1."""
-    from pathlib import Path
-
-    from .datasets import load_splits
-    from .directions import Direction, mean_diff_candidates
-
-    if path is not None and Path(path).with_suffix(".safetensors").is_file():
-        return Direction.load(path, model), str(path)
-    if layer is None:
-        raise ValueError(f"No direction at {path}: pass the layer to fit one at.")
-    s = load_splits(seed=0)
-    vec = mean_diff_candidates(model, s.harmful_train[:n_train], s.harmless_train[:n_train],
-                               layers=[layer], positions=[-1])[0, 0]
-    return (Direction(vec, layer, -1, model=model.name, meta={"fit": "mean_diff_train"}),
-            f"fitted: harmful_train/harmless_train[:{n_train}], layer {layer}, position -1")
-
-
 def suffix_analysis(model: "LensModel", n_prompts: int = 100, n_random: int = 3,
-                    direction_path: str | None = "runs/embedded/direction.safetensors",
-                    layer: int | None = None, model_key: str = "embedded",
-                    n_train: int = 128) -> SuffixAnalysis:
+                    direction: "Direction | str | None" = None,
+                    model_key: str = "embedded") -> SuffixAnalysis:
     """Held-out prompts (JailbreakBench test, harmless test), the shipped suffix of
-    ``model_key``, ``n_random`` random suffixes of equal length, and the refusal direction."""
+    ``model_key``, ``n_random`` random suffixes of equal length, and the refusal direction:
+    ``direction`` as given (a :class:`Direction`, or a saved one's path), or by default the
+    direction shipped for ``model_key`` (:func:`refusal_lens.shipped.shipped_direction`)."""
     from .datasets import load_splits
+    from .directions import Direction
+    from .shipped import shipped_direction
     from .suffixes import random_suffix, shipped_suffix
 
     entry = shipped_suffix(model_key)
-    if layer is None:
-        layer = entry.get("direction", {}).get("layer")
-    direction, source = fit_or_load_direction(model, direction_path, layer, n_train)
+    if direction is None:
+        direction = shipped_direction(model_key, model)
+        source = f"shipped direction of {model_key!r} ({direction.meta['shipped']['command']})"
+    elif isinstance(direction, Direction):
+        direction.check_width(model)
+        source = "given"
+    else:
+        source = str(direction)
+        direction = Direction.load(direction, model)
     s = load_splits(seed=0)
     n_tok = len(entry["ids"])
     randoms = [random_suffix(model, n_tok, seed=1000 + i) for i in range(n_random)]
