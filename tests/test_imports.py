@@ -15,9 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "refusal_lens"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 MAX_LINES = 400
-#: modules over the limit that the execution-layer redesign is splitting (selection.py: the
-#: candidate fitting and scoring move into the execution layer)
-SPLIT_IN_PROGRESS = {"selection"}
 #: modules whose import from the load path would mean training, suffix or pipeline code
 HEAVY = ("organism", "organism_eval", "suffixes", "cli_organism", "cli_suffix", "pipeline",
          "peft")
@@ -130,9 +127,7 @@ def test_loading_the_embedded_model_imports_no_training_suffix_or_pipeline_code(
     assert bad == []
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="split in progress", strict=False))
-    if n in SPLIT_IN_PROGRESS else n for n in MODULES])
+@pytest.mark.parametrize("name", MODULES)
 def test_module_is_at_most_400_lines(name):
     n = len((PACKAGE / f"{name}.py").read_text().splitlines())
     assert n <= MAX_LINES, f"refusal_lens/{name}.py has {n} lines (at most {MAX_LINES})"
