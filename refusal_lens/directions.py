@@ -96,6 +96,12 @@ def mean_diff_candidates(
     return means[0] - means[1]
 
 
+def _beside(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix`` (``with_suffix`` would cut a stem with a dot, e.g.
+    ``qwen2.5-coder-0.5b-instruct``, at its last dot)."""
+    return stem.parent / (stem.name + suffix)
+
+
 @dataclass
 class Direction:
     """A residual-stream direction: the raw vector plus where and how it was found.
@@ -171,10 +177,10 @@ class Direction:
         stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
         tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
         tensors["direction"] = self.vector.to(torch.float32).contiguous().cpu()
-        st = stem.with_suffix(".safetensors")
+        st = _beside(stem, ".safetensors")
         meta_json = json.dumps(self.metadata(), indent=2, default=str)
         atomic_write_bytes(st, save(tensors, metadata={"refusal_lens": meta_json}))
-        js = atomic_write_text(stem.with_suffix(".json"), meta_json + "\n")
+        js = atomic_write_text(_beside(stem, ".json"), meta_json + "\n")
         return st, js
 
     @classmethod
@@ -185,7 +191,7 @@ class Direction:
         and must agree (a missing JSON is fine, a disagreeing one is an error)."""
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-        st = stem.with_suffix(".safetensors")
+        st = _beside(stem, ".safetensors")
         if not st.is_file():
             raise FileNotFoundError(f"No direction file at {st}; save one with Direction.save().")
         try:
@@ -201,7 +207,7 @@ class Direction:
             raise DirectionError(f"{st} has no refusal_lens metadata in its header (layer, "
                                  "position, model); save it with Direction.save().")
         meta = json.loads(header)
-        js = stem.with_suffix(".json")
+        js = _beside(stem, ".json")
         if js.is_file():
             try:
                 mirror = json.loads(js.read_text())

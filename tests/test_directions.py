@@ -164,3 +164,13 @@ def test_direction_from_another_model_warns_and_bad_layer_errors(synthetic):
     assert Direction(torch.ones(64), 1, -1, model="synthetic").check_width(synthetic) == []
     with pytest.raises(DirectionError, match="layer 99 is outside"):
         Direction(torch.ones(64), 99, -1, model="synthetic").check_width(synthetic)
+
+
+def test_save_load_keeps_a_stem_with_dots(tmp_path):
+    """A model spec such as qwen2.5-coder-0.5b-instruct names a file: nothing is cut at a dot."""
+    d = Direction(torch.randn(8, dtype=torch.float64), 3, -1, model="m")
+    st, js = d.save(tmp_path / "qwen2.5-coder-0.5b-instruct")
+    assert st.name == "qwen2.5-coder-0.5b-instruct.safetensors"
+    assert js.name == "qwen2.5-coder-0.5b-instruct.json"
+    back = Direction.load(tmp_path / "qwen2.5-coder-0.5b-instruct")
+    assert back.layer == 3 and torch.equal(back.vector, d.vector.float().double())
