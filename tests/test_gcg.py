@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from refusal_lens.gcg import GCGConfig, gcg_search
 from refusal_lens.suffixes import SuffixError, in_context_ok, suffix_ids
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_gcg_lowers_loss_on_synthetic(synthetic):
