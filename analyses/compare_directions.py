@@ -105,7 +105,7 @@ def measure(args: argparse.Namespace) -> dict:
                 "layer_cosines": layer_cosines(base_diffs, diffs[0]).tolist(),
                 "base_vs_chosen": float(torch.nn.functional.cosine_similarity(
                     base_diffs[d0.layer], d0.vector.double(), dim=0)),
-                "chance": chance_cosine(model.d_model)}
+                "chance": summary["seeds"][spec]["chance"]}  # same width, same chance
             summary["timing"]["base_s"] = time.perf_counter() - t
             del base
         del model
