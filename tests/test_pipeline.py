@@ -334,3 +334,46 @@ def test_evenly_spaced_test_sets_keep_references_and_categories_aligned():
     assert cut.harmless_test == ["s0", "s2", "s4", "s6", "s8"]
     assert cut.harmless_reference == ["r0", "r2", "r4", "r6", "r8"]
     assert data.harmful_test[1] == "h1"  # the original is unchanged
+
+
+def _compare_runs_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_runs_same_and_different(run_dir, tmp_path):
+    """benchmarks/compare_runs.py: a run equals itself; a changed rate, a changed completion or a
+    turned direction is reported and exits 1."""
+    import shutil
+    cr = _compare_runs_module()
+    out = tmp_path / "same.json"
+    assert cr.main([str(run_dir), str(run_dir), "--out", str(out)]) == 0
+    same = json.loads(out.read_text())
+    assert same["same"] and same["completions"] > 0
+    assert all(c > 0.999999 for c in same["direction_cosines"].values())
+    assert same["seconds"]["timing.total_s"]["ratio_b_over_a"] == pytest.approx(1.0)
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    report = json.loads((other / "report.json").read_text())
+    report["rates"]["ablation"]["rate"] += 0.01
+    report["capability"]["baseline"]["ce"] *= 1 + 1e-4
+    (other / "report.json").write_text(json.dumps(report))
+    lines = (other / "completions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["completion"] += " changed"
+    (other / "completions.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    d = Direction.load(other / "direction")
+    import dataclasses
+    dataclasses.replace(d, vector=d.vector + 0.1 * torch.roll(d.vector, 1)).save(other / "direction")
+    result = cr.compare_runs(run_dir, other)
+    text = "\n".join(result["differences"])
+    assert not result["same"]
+    assert "rates.ablation.rate" in text and "baseline.ce" in text
+    assert "completions differ" in text and "direction.safetensors: cosine" in text
+    assert cr.main([str(run_dir), str(other)]) == 1
