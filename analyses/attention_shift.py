@@ -3,54 +3,46 @@ harmful prompts alone / + adversarial suffix / + random suffixes; circuitsvis vi
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 
-from refusal_lens import load_model
+from refusal_lens import analysis_scripts as scripts
 from refusal_lens.attention import attention_pattern_html, attention_shift
 from refusal_lens.attribution import direct_feature_attribution
-from refusal_lens.paths import atomic_write_text
-from refusal_lens.plots import attention_shift_figure, save_figure
-from refusal_lens.traces import suffix_analysis
-
-FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
+from refusal_lens.plots import attention_shift_figure
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--n", type=int, default=16 if FAST else 100, help="prompts per condition")
+    p = scripts.analysis_parser(__doc__, __file__, "figures/attention_shift", rerun=False)
+    scripts.add_suffix_analysis_options(p)
     p.add_argument("--k", type=int, default=8, help="number of top DFA heads")
-    p.add_argument("--direction", default=None, metavar="PATH",
-                   help="a saved direction (default: the direction shipped for --model)")
-    p.add_argument("--out", default="figures/attention_shift")
     p.add_argument("--views-only", action="store_true",
-                   help="only redraw the circuitsvis views of the heads saved in <out>.json "
+                   help="only redraw the circuitsvis views of the heads saved in STEM.json "
                         "(two forward passes, no attribution or attention statistics)")
     args = p.parse_args(argv)
-    model = load_model(args.model)
     if args.views_only:
         from refusal_lens.datasets import load_splits
         from refusal_lens.suffixes import shipped_suffix
 
-        heads = [tuple(h) for h in json.loads(open(args.out + ".json").read())["heads"]]
-        write_views(model, load_splits(seed=0).harmful_test[0], heads,
-                    shipped_suffix(args.model)["suffix"], args.out)
+        saved = scripts.read_json(args.out + ".json", "run without --views-only first")
+        heads = [tuple(h) for h in saved["heads"]]
+        suffix = shipped_suffix(args.model)["suffix"]
+        model = scripts.load_model_for(args.model)
+        write_views(model, load_splits(seed=0).harmful_test[0], heads, suffix, args.out)
         return 0
-    setup = suffix_analysis(model, args.n, direction=args.direction,
-                            model_key=args.model)
-    heads = direct_feature_attribution(model, setup.harmful, setup.direction).top_heads(args.k)
-    shift = attention_shift(model, setup.harmful, heads, setup.adversarial, setup.random_suffixes)
+    m, model, setup = scripts.suffix_setup(args)
+    with m.stage("attribution"):
+        heads = direct_feature_attribution(model, setup.harmful,
+                                           setup.direction).top_heads(args.k)
+    with m.stage("attention"):
+        shift = attention_shift(model, setup.harmful, heads, setup.adversarial,
+                                setup.random_suffixes)
     means = shift.mean_over_heads()
     for cond, spans in means.items():
         print(f"{cond:<30} " + "  ".join(f"{s}: {v:.3f}" for s, v in spans.items()))
-    summary = {"heads": heads, "mean_over_heads": means, "per_head": shift.summary(),
-               "source": setup.direction_source, "n_prompts": len(setup.harmful)}
-    atomic_write_text(args.out + ".json", json.dumps(summary, indent=2) + "\n")
-    for path in save_figure(attention_shift_figure(shift), args.out):
-        print(f"wrote {path}", file=sys.stderr)
+    m.summary |= {"heads": heads, "mean_over_heads": means, "per_head": shift.summary(),
+                  "source": setup.direction_source, "n_prompts": len(setup.harmful)}
+    m.save()
+    scripts.write_figure(attention_shift_figure(shift), args.out)
     write_views(model, setup.harmful[0], heads, setup.adversarial, args.out)
     return 0
 

@@ -13,56 +13,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
 
 import torch
 
-from refusal_lens import load_model
+from refusal_lens import analysis_scripts as scripts
 from refusal_lens.category_directions import (
     category_directions,
     cosine_matrix,
     random_cosines,
     rates_by_category,
 )
-from refusal_lens.directions import Direction
-from refusal_lens.paths import atomic_write_text
 from refusal_lens.datasets import default_data
-from refusal_lens.figure_files import save_figure
 from refusal_lens.plots_beyond import categories_figure
-from refusal_lens.selection import RULES, dumps, rule_direction_path
-
-FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default=RULES[0])
-    p.add_argument("--dirs", default="runs/selection_rules")
-    p.add_argument("--rules-json", default="figures/selection_rules.json",
-                   help="per-prompt test flags written by analyses/selection_rules.py")
-    p.add_argument("--per-category", type=int, default=8 if FAST else 32,
-                   help="prompts per category (categories with fewer are skipped)")
-    p.add_argument("--out", default="figures/category_directions")
-    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
-    args = p.parse_args(argv)
-    saved = Path(args.out + ".json")
-    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
-               else measure(args))
+    p = scripts.analysis_parser(__doc__, __file__, "figures/category_directions", seeds=True,
+                        rule_dirs=True)
+    p.add_argument("--rules-json", default="figures/selection_rules.json", metavar="JSON",
+                   help="per-prompt test flags written by analyses/selection_rules.py (the "
+                        "refusal per test category is left out if it does not exist)")
+    scripts.add_count(p, "--per-category", 8, 32,
+              "prompts per category (categories with fewer are skipped)")
+    scripts.render_or_measure(p.parse_args(argv), measure, figure)
+    return 0
+
+
+def figure(summary: dict, args: argparse.Namespace):
     first = summary["seeds"][0]
-    fig = categories_figure(first["names"] + ["global"], first["cosines"],
-                            summary.get("test_rates"), title=(
+    return categories_figure(first["names"] + ["global"], first["cosines"],
+                             summary.get("test_rates"), title=(
         f"Per-category refusal directions<br><sup>{summary['model']}; seed {first['seed']} "
         f"site (layer {first['layer']}, position {first['position']}), {args.per_category} "
         f"prompts per category; random-direction |cos| {first['chance']['mean_abs']:.3f}; "
         "right: JailbreakBench test categories, pooled over seeds, 95% CI</sup>"))
-    for path in save_figure(fig, args.out):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
 
 
 def _groups(model, per_category: int) -> dict[str, list[str]]:
@@ -87,23 +74,25 @@ def _groups(model, per_category: int) -> dict[str, list[str]]:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    model = load_model(args.model)
+    m, model, directions = scripts.rule_measurement(args)
+    summary = m.summary
+    summary["per_category"] = args.per_category
     data = default_data(model)
     groups = _groups(model, args.per_category)
-    summary: dict = {"model": model.name, "rule": args.rule, "seeds": [],
-                     "per_category": args.per_category}
-    for seed in args.seeds:
-        d = Direction.load(rule_direction_path(args.dirs, args.rule, seed), model=model)
+
+    def one(seed: int) -> dict:
+        d = directions[seed]
         cats = category_directions(model, groups, data.fit(seed).harmless_train, d,
                                    min_prompts=args.per_category)
         cos = cosine_matrix(torch.cat([cats["vectors"], d.vector.double()[None]]))
-        summary["seeds"].append({"seed": seed, "layer": d.layer, "position": d.position,
-                                 "names": cats["names"], "counts": cats["counts"],
-                                 "skipped": cats["skipped"], "cosines": cos.tolist(),
-                                 "chance": random_cosines(d, seed=seed)})
         print(f"seed {seed}: cos with global " + ", ".join(
             f"{n} {c:.2f}" for n, c in zip(cats["names"], cos[-1, :-1].tolist())),
             file=sys.stderr)
+        return {"seed": seed, "layer": d.layer, "position": d.position,
+                "names": cats["names"], "counts": cats["counts"], "skipped": cats["skipped"],
+                "cosines": cos.tolist(), "chance": random_cosines(d, seed=seed)}
+
+    m.measure_seeds(args.seeds, one)
     rules = Path(args.rules_json)
     if rules.is_file():
         res = json.loads(rules.read_text())
@@ -120,8 +109,7 @@ def measure(args: argparse.Namespace) -> dict:
             summary["test_rates"] = {a: rates_by_category(f, cats_all) for a, f in pooled.items()}
             summary["test_rates_note"] = (f"{len(seeds)} seed(s) pooled; "
                                           f"{res['new_tokens']} greedy tokens")
-    atomic_write_text(args.out + ".json", dumps(summary))
-    return summary
+    return m.save()
 
 
 def _test_categories(model, harmful_test: list[str]) -> list[str] | None:

@@ -16,36 +16,32 @@ figures/compare_directions.{json,html}; with that JSON present it only re-render
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from refusal_lens import load_model
+from refusal_lens import analysis_scripts as scripts
 from refusal_lens.datasets import default_data
 from refusal_lens.direction_comparison import chance_cosine, layer_cosines, layer_mean_diffs
 from refusal_lens.directions import Direction
-from refusal_lens.figure_files import save_figure
-from refusal_lens.paths import atomic_write_text
 from refusal_lens.plots_beyond import direction_comparison_figure
-from refusal_lens.selection import dumps
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = scripts.analysis_parser(__doc__, __file__, "figures/compare_directions", model=False)
     p.add_argument("--runs", nargs="+", metavar="SPEC=DIR",
                    default=["embedded=runs/embedded", "qwen2.5-coder-0.5b-instruct=runs/qwen"],
                    help="finished two-seed runs to compare (model spec = run directory)")
-    p.add_argument("--base", default="embedded-base", help="the organism's base model spec")
-    p.add_argument("--organism", default="embedded", help="the fine-tuned model's spec")
-    p.add_argument("--out", default="figures/compare_directions")
-    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
-    args = p.parse_args(argv)
-    saved = Path(args.out + ".json")
-    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
-               else measure(args))
+    p.add_argument("--base", default="embedded-base", metavar="SPEC",
+                   help="the organism's base model spec")
+    p.add_argument("--organism", default="embedded", metavar="SPEC",
+                   help="the fine-tuned model's spec")
+    scripts.render_or_measure(p.parse_args(argv), measure, figure)
+    return 0
+
+
+def figure(summary: dict, args: argparse.Namespace):
     panels = {}
     for spec, m in summary["seeds"].items():
         panels[f"{m['model']}: seed 0 vs seed 1"] = {
@@ -59,59 +55,56 @@ def main(argv: list[str] | None = None) -> int:
             "series": {"per-layer difference in means": b["layer_cosines"]},
             "chance": b["chance"],
             "points": {f"base vs chosen (L{b['layer']})": (b["layer"], b["base_vs_chosen"])}}
-    fig = direction_comparison_figure(panels, title=(
+    return direction_comparison_figure(panels, title=(
         "Refusal directions compared<br><sup>unfiltered differences in means at the chosen "
         "position, training prompts only; grey: chance</sup>"))
-    for path in save_figure(fig, args.out):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
 
 
-def _run_directions(run: Path) -> list[Direction]:
-    out = [Direction.load(run / "direction")]
-    out += [Direction.load(p) for p in sorted(run.glob("direction-seed*.safetensors"))]
+def _run_directions(spec: str, run: Path) -> list[Direction]:
+    """The first two seeds' chosen directions of the two-seed run of ``spec`` in ``run``,
+    checked before any model loads."""
+    paths = [run / "direction", *sorted(run.glob("direction-seed*.safetensors"))][:2]
+    fix = (f"pass --runs {spec}=DIR, a finished `refusal-lens run --model {spec} --seeds 0 1` "
+           "directory.")
+    out = list(scripts.load_saved_directions(dict(enumerate(paths)), spec, fix).values())
     if len(out) < 2:
         raise SystemExit(f"{run} holds one seed's direction; compare needs a two-seed run.")
-    return out[:2]
+    return out
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
 
 def measure(args: argparse.Namespace) -> dict:
-    t0 = time.perf_counter()
-    summary: dict = {"seeds": {}, "timing": {}}
-    for item in args.runs:
-        spec, _, run = item.partition("=")
-        d0, d1 = _run_directions(Path(run))
-        t = time.perf_counter()
-        model = load_model(spec)
-        data = default_data(model)
-        diffs = [layer_mean_diffs(model, f.harmful_train, f.harmless_train, d0.position)
-                 for f in (data.fit(d0.seed), data.fit(d1.seed))]
-        cos = layer_cosines(*diffs)
-        summary["seeds"][spec] = {
-            "model": model.name, "seeds": [d0.seed, d1.seed], "position": d0.position,
-            "layers": [d0.layer, d1.layer], "layer_cosines": cos.tolist(),
-            "chosen_cosine": float(torch.nn.functional.cosine_similarity(
-                d0.vector.double(), d1.vector.double(), dim=0)),
-            "chance": chance_cosine(model.d_model)}
-        summary["timing"][f"{spec}_s"] = time.perf_counter() - t
+    runs = {spec: _run_directions(spec, Path(run))
+            for spec, _, run in (item.partition("=") for item in args.runs)}
+    m = scripts.Measurement(args.out, seeds={})
+    for spec, (d0, d1) in runs.items():
+        with m.stage(spec):
+            model = scripts.load_model_for(spec, (d0, d1))
+            data = default_data(model)
+            diffs = [layer_mean_diffs(model, f.harmful_train, f.harmless_train, d0.position)
+                     for f in (data.fit(d0.seed), data.fit(d1.seed))]
+            m.summary["seeds"][spec] = {
+                "model": model.name, "seeds": [d0.seed, d1.seed], "position": d0.position,
+                "layers": [d0.layer, d1.layer], "layer_cosines": layer_cosines(*diffs).tolist(),
+                "chosen_cosine": _cosine(d0.vector, d1.vector),
+                "chance": chance_cosine(model.d_model)}
         if spec == args.organism:
-            t = time.perf_counter()
-            base = load_model(args.base)
-            fit = data.fit(d0.seed)
-            base_diffs = layer_mean_diffs(base, fit.harmful_train, fit.harmless_train,
-                                          d0.position)
-            summary["base"] = {
-                "base": base.name, "organism": model.name, "layer": d0.layer,
-                "layer_cosines": layer_cosines(base_diffs, diffs[0]).tolist(),
-                "base_vs_chosen": float(torch.nn.functional.cosine_similarity(
-                    base_diffs[d0.layer], d0.vector.double(), dim=0)),
-                "chance": summary["seeds"][spec]["chance"]}  # same width, same chance
-            summary["timing"]["base_s"] = time.perf_counter() - t
+            with m.stage("base"):
+                base = scripts.load_model_for(args.base)
+                fit = data.fit(d0.seed)
+                base_diffs = layer_mean_diffs(base, fit.harmful_train, fit.harmless_train,
+                                              d0.position)
+                m.summary["base"] = {
+                    "base": base.name, "organism": model.name, "layer": d0.layer,
+                    "layer_cosines": layer_cosines(base_diffs, diffs[0]).tolist(),
+                    "base_vs_chosen": _cosine(base_diffs[d0.layer], d0.vector),
+                    "chance": m.summary["seeds"][spec]["chance"]}  # same width, same chance
             del base
         del model
-    summary["timing"]["total_s"] = time.perf_counter() - t0
-    atomic_write_text(args.out + ".json", dumps(summary))
-    return summary
+    return m.save()
 
 
 if __name__ == "__main__":

@@ -16,61 +16,47 @@ with that JSON present it only re-renders the figure (``--rerun`` measures again
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
-from refusal_lens import load_model
+from refusal_lens import analysis_scripts as scripts
+from refusal_lens.datasets import default_data
 from refusal_lens.directions import Direction
 from refusal_lens.evaluation import evaluate_baseline, evaluate_direction, summarize
-from refusal_lens.paths import atomic_write_text
-from refusal_lens.datasets import default_data
-from refusal_lens.report_md import induce_ranking
-from refusal_lens.figure_files import save_figure
 from refusal_lens.plots_beyond import selection_rules_figure
+from refusal_lens.report_md import induce_ranking
 from refusal_lens.scoring import discover_refusal_tokens
 from refusal_lens.selection import (
     RULES,
     SelectionConfig,
     choose_from_table,
-    dumps,
     fit_candidates,
     rule_direction_path,
     select_direction,
 )
 
-FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
-
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--n-train", type=int, default=32 if FAST else 128)
-    p.add_argument("--n-val", type=int, default=8 if FAST else 32)
-    p.add_argument("--n-test", type=int, default=16 if FAST else 100,
-                   help="held-out test prompts per side")
-    p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")
-    p.add_argument("--dirs", default="runs/selection_rules", help="where directions are saved")
-    p.add_argument("--out", default="figures/selection_rules")
+    p = scripts.analysis_parser(__doc__, __file__, "figures/selection_rules", seeds=True)
+    scripts.add_fit_counts(p)
+    scripts.add_count(p, "--n-test", 16, 100, "held-out test prompts per side")
+    scripts.add_tokens_option(p, 16, 32)
+    p.add_argument("--dirs", default=scripts.RULE_DIRS, metavar="DIR",
+                   help="where each rule's direction is saved "
+                        "(direction-<rule>-seed<s>.safetensors)")
     p.add_argument("--scores", default=None, metavar="JSON",
                    help="recorded validation scores to choose from instead of rescoring: a "
                         "run's scores.json ({'seeds': {seed: {'candidates', 'kl_random', "
                         "'layer', 'position', 'chosen', ...}}})")
-    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
-    args = p.parse_args(argv)
-    saved = Path(args.out + ".json")
-    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
-               else measure(args))
-    fig = selection_rules_figure(summary["rules"], title=(
+    scripts.render_or_measure(p.parse_args(argv), measure, figure)
+    return 0
+
+
+def figure(summary: dict, args: argparse.Namespace):
+    return selection_rules_figure(summary["rules"], title=(
         f"Selection rules on held-out prompts<br><sup>{summary['model']}; seeds "
         f"{summary['seeds']}; {summary['n_test']} + {summary['n_test']} test prompts, "
         f"{summary['new_tokens']} greedy tokens; pooled over seeds, 95% CI</sup>"))
-    for path in save_figure(fig, args.out):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
 
 
 def _validation(sel, rule: str) -> dict:
@@ -121,57 +107,53 @@ def _from_recorded(model, fit, refusal_ids, rec: dict, seed: int, summary: dict)
     return out
 
 
+def _select(model, fit, refusal_ids, seed: int, summary: dict) -> dict[str, Direction]:
+    """Both rules' choices from scoring this seed's candidates on its validation prompts."""
+    sel = select_direction(model, fit.harmful_train, fit.harmless_train, fit.harmful_val,
+                           fit.harmless_val, refusal_ids, SelectionConfig(seed=seed),
+                           dataset_hash=fit.hash(), progress=False)
+    summary["validation"][str(seed)] = {
+        "by_rule": {r: _validation(sel, r) for r in RULES},
+        "scored": [{k: s[k] for k in ("layer", "position", "bypass", "induce", "kl")}
+                   for s in sel.table() if s["scored"]],
+        "kl_random": sel.kl_random}
+    print(f"seed {seed}: " + ", ".join(f"{r} -> layer {v['layer']} pos {v['position']}"
+                                      for r, v in sel.by_rule.items()), file=sys.stderr)
+    return {rule: sel.direction_for(rule) for rule in RULES}
+
+
 def measure(args: argparse.Namespace) -> dict:
-    t0 = time.perf_counter()
-    model = load_model(args.model)
+    fix = "pass a run's scores.json, or leave --scores out to rescore"
+    recorded = scripts.read_json(args.scores, fix)["seeds"] if args.scores else {}
+    m = scripts.Measurement(args.out)
+    model = m.load_model(args.model)
     data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n_test)
     fit0 = data.fit(args.seeds[0])
     rt = discover_refusal_tokens(model, fit0.harmful_train[:32], progress=False)
     dirs = Path(args.dirs)
     dirs.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"model": model.name, "seeds": args.seeds, "n_test": args.n_test,
-                     "n_train": args.n_train, "n_val": args.n_val, "new_tokens": args.tokens,
-                     "refusal_tokens": rt["tokens"], "validation": {}, "rules": {},
-                     "timing": {}}
-
-    def write() -> None:
-        summary["timing"]["total_s"] = time.perf_counter() - t0
-        atomic_write_text(args.out + ".json", dumps(summary))
-
-    directions: dict[str, dict[int, object]] = {r: {} for r in RULES}
-    recorded = json.loads(Path(args.scores).read_text())["seeds"] if args.scores else {}
+    summary = m.summary
+    summary |= {"model": model.name, "seeds": args.seeds, "n_test": args.n_test,
+                "n_train": args.n_train, "n_val": args.n_val, "new_tokens": args.max_new_tokens,
+                "refusal_tokens": rt["tokens"], "validation": {}, "rules": {}}
+    directions: dict[str, dict[int, Direction]] = {r: {} for r in RULES}
     for seed in args.seeds:
         fit = fit0 if seed == args.seeds[0] else data.fit(seed)
-        t = time.perf_counter()
         if str(seed) in recorded:
-            for rule, d in _from_recorded(model, fit, rt["ids"], recorded[str(seed)], seed,
-                                          summary).items():
-                d.save(rule_direction_path(dirs, rule, seed))
-                directions[rule][seed] = d
-            summary["timing"][f"refit_seed{seed}_s"] = time.perf_counter() - t
-            write()
-            continue
-        sel = select_direction(model, fit.harmful_train, fit.harmless_train, fit.harmful_val,
-                               fit.harmless_val, rt["ids"], SelectionConfig(seed=seed),
-                               dataset_hash=fit.hash(), progress=False)
-        summary["timing"][f"select_seed{seed}_s"] = time.perf_counter() - t
-        summary["validation"][str(seed)] = {
-            "by_rule": {r: _validation(sel, r) for r in RULES},
-            "scored": [{k: s[k] for k in ("layer", "position", "bypass", "induce", "kl")}
-                       for s in sel.table() if s["scored"]],
-            "kl_random": sel.kl_random}
-        for rule in RULES:
-            d = sel.direction_for(rule)
+            with m.stage(f"refit_seed{seed}"):
+                chosen = _from_recorded(model, fit, rt["ids"], recorded[str(seed)], seed,
+                                        summary)
+        else:
+            with m.stage(f"select_seed{seed}"):
+                chosen = _select(model, fit, rt["ids"], seed, summary)
+        for rule, d in chosen.items():
             d.save(rule_direction_path(dirs, rule, seed))
             directions[rule][seed] = d
-        print(f"seed {seed}: " + ", ".join(f"{r} -> layer {v['layer']} pos {v['position']}"
-                                          for r, v in sel.by_rule.items()), file=sys.stderr)
-        write()
-    t = time.perf_counter()
-    base = evaluate_baseline(model, data.harmful_test, data.harmless_test,
-                             max_new_tokens=args.tokens, progress=False,
-                             harmless_reference=data.harmless_reference, gen_batch_size=64)
-    summary["timing"]["baseline_s"] = time.perf_counter() - t
+        m.save()
+    with m.stage("baseline"):
+        base = evaluate_baseline(model, data.harmful_test, data.harmless_test,
+                                 max_new_tokens=args.max_new_tokens, progress=False,
+                                 harmless_reference=data.harmless_reference, gen_batch_size=64)
     summary["baseline_flags"] = {"harmful": base.harmful.flags, "harmless": base.harmless.flags}
     summary["harmful_test"] = list(data.harmful_test)
     # the joint rule first (the question asked of it), then the paper's rule; a choice both
@@ -183,11 +165,11 @@ def measure(args: argparse.Namespace) -> dict:
             d = directions[rule][seed]
             key = (seed, d.layer, d.position)
             if key not in done:
-                t = time.perf_counter()
-                done[key] = evaluate_direction(model, d, base, seed, max_new_tokens=args.tokens,
-                                               orthogonalized=False, progress=False,
-                                               gen_batch_size=64)
-                summary["timing"][f"evaluate_{rule}_seed{seed}_s"] = time.perf_counter() - t
+                with m.stage(f"evaluate_{rule}_seed{seed}"):
+                    done[key] = evaluate_direction(model, d, base, seed,
+                                                   max_new_tokens=args.max_new_tokens,
+                                                   orthogonalized=False, progress=False,
+                                                   gen_batch_size=64)
             per_seed.append(done[key])
         s = summarize(base, per_seed)
         summary["rules"][rule] = {
@@ -200,7 +182,7 @@ def measure(args: argparse.Namespace) -> dict:
                                  directions[rule][x["seed"]].position)]["arms"]},
                        "layer": directions[rule][x["seed"]].layer,
                        "position": directions[rule][x["seed"]].position} for x in s["seeds"]]}
-        write()
+        m.save()
     return summary
 
 

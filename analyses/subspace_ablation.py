@@ -11,75 +11,53 @@ figures/subspace_ablation.{json,html}; with that JSON present it only re-renders
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
-from refusal_lens import load_model
-from refusal_lens.directions import Direction
-from refusal_lens.paths import atomic_write_text
+from refusal_lens import analysis_scripts as scripts
 from refusal_lens.datasets import default_data
-from refusal_lens.figure_files import save_figure
 from refusal_lens.plots_beyond import subspace_figure
-from refusal_lens.selection import RULES, dumps, rule_direction_path
 from refusal_lens.subspace import refusal_subspace, subspace_sweep
-
-FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--rule", choices=RULES, default=RULES[0])
-    p.add_argument("--dirs", default="runs/selection_rules")
+    p = scripts.analysis_parser(__doc__, __file__, "figures/subspace_ablation", seeds=True,
+                        rule_dirs=True)
     p.add_argument("--k", type=int, default=4, help="largest subspace dimension")
-    p.add_argument("--n-train", type=int, default=32 if FAST else 128)
-    p.add_argument("--n-val", type=int, default=8 if FAST else 32)
-    p.add_argument("--n", type=int, default=8 if FAST else 50, help="test prompts per side")
-    p.add_argument("--tokens", type=int, default=16 if FAST else 32, help="greedy tokens")
-    p.add_argument("--out", default="figures/subspace_ablation")
-    p.add_argument("--rerun", action="store_true", help="measure even if the JSON exists")
-    args = p.parse_args(argv)
-    saved = Path(args.out + ".json")
-    summary = (json.loads(saved.read_text()) if saved.is_file() and not args.rerun
-               else measure(args))
-    res = summary["seeds"]
-    fig = subspace_figure(res, title=(
-        f"Ablating a k-dimensional refusal subspace<br><sup>{summary['model']}; rule "
-        f"'{summary['rule']}' directions; {res[0]['n_harmful']} harmful + {res[0]['n_harmless']}"
-        f" harmless held-out test prompts, {res[0]['max_new_tokens']} greedy tokens; 95% CI; "
-        "grey: random subspaces of equal dimension</sup>"))
-    for path in save_figure(fig, args.out):
-        print(f"wrote {path}", file=sys.stderr)
+    scripts.add_fit_counts(p)
+    scripts.add_count(p, "--n", 8, 50, "held-out test prompts per side")
+    scripts.add_tokens_option(p, 16, 32)
+    scripts.render_or_measure(p.parse_args(argv), measure, figure)
     return 0
 
 
+def figure(summary: dict, args: argparse.Namespace):
+    res = summary["seeds"]
+    return subspace_figure(res, title=(
+        f"Ablating a k-dimensional refusal subspace<br><sup>{summary['model']}; rule "
+        f"'{summary['rule']}' directions; {scripts.sweep_caption(res[0])}; grey: random "
+        "subspaces of equal dimension</sup>"))
+
+
 def measure(args: argparse.Namespace) -> dict:
-    model = load_model(args.model)
+    m, model, directions = scripts.rule_measurement(args)
     data = default_data(model, args.n_train, args.n_val).evenly_spaced(args.n)
-    summary = {"model": model.name, "rule": args.rule, "seeds": []}
-    for seed in args.seeds:
-        t = time.perf_counter()
-        d = Direction.load(rule_direction_path(args.dirs, args.rule, seed), model=model)
-        fit = data.fit(seed)
+
+    def one(seed: int) -> dict:
+        d, fit = directions[seed], data.fit(seed)
         basis, info = refusal_subspace(model, d, fit.harmful_train, fit.harmless_train, args.k)
         res = subspace_sweep(model, basis, data.harmful_test, data.harmless_test,
                              reference=data.harmless_reference, seed=seed,
                              sink_basis=d.tensors.get("sink_basis"),
-                             max_new_tokens=args.tokens, batch_size=64, progress=False)
-        res |= {"subspace": info, "layer": d.layer, "position": d.position,
-                "seconds": time.perf_counter() - t}
-        summary["seeds"].append(res)
+                             max_new_tokens=args.max_new_tokens, batch_size=64, progress=False)
+        res |= {"subspace": info, "layer": d.layer, "position": d.position}
         for row in res["rows"]:
             s, r = row["subspace"], row["random"]
             print(f"seed {seed} k={row['k']}: refusal {s['refusal']['rate']:.2f} (random "
                   f"{r['refusal']['rate']:.2f}), CE {s['ce']:.3f} (random {r['ce']:.3f})",
                   file=sys.stderr)
-        atomic_write_text(args.out + ".json", dumps(summary))
-    return summary
+        return res
+
+    return m.measure_seeds(args.seeds, one)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from refusal_lens import load_model
+from refusal_lens import analysis_scripts as scripts
 from refusal_lens.cli_suffix import add_search_options, search_config
 from refusal_lens.datasets import load_splits
 from refusal_lens.gcg import GCGConfig, gcg_search
 from refusal_lens.paths import atomic_write_text
-from refusal_lens.plots import save_figure, suffix_effect_figure
+from refusal_lens.plots import suffix_effect_figure
 from refusal_lens.suffixes import measure_effect, random_suffix, refused_prompts, shipped_suffix
 
-FAST = os.environ.get("REFUSAL_LENS_FAST") == "1"
 SHIPPED = Path(__file__).resolve().parents[1] / "refusal_lens" / "data" / "suffixes.json"
 
 
@@ -39,8 +37,7 @@ def replay_command(args: argparse.Namespace, cfg: GCGConfig, steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="embedded")
+    p = scripts.analysis_parser(__doc__, __file__)
     p.add_argument("--search", action="store_true", help="run GCG and rewrite the shipped entry")
     add_search_options(p)  # the same options and defaults as `refusal-lens suffix search`
     p.add_argument("--record", action="store_true",
@@ -49,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-shipped", action="store_true",
                    help="start the search from the shipped suffix instead of a random one")
     p.add_argument("--init", default=None, help="start the search from this suffix text")
-    p.add_argument("--n-test", type=int, default=16 if FAST else 100)
-    p.add_argument("--n-random", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    scripts.add_count(p, "--n-test", 16, 100,
+                      "held-out harmful test prompts the effect is measured on")
+    p.add_argument("--n-random", type=int, default=3, metavar="N",
+                   help="random suffixes of the same token length (the controls)")
+    scripts.add_tokens_option(p, 32, 32)
     p.add_argument("--direction", default="runs/embedded/direction.json",
                    help="the pipeline's direction metadata; its layer and position are recorded "
                         "with the suffix for the suffix analyses")
     p.add_argument("--direction-layer", type=int, default=20,
                    help="layer recorded when --direction does not exist")
-    p.add_argument("--out", default="figures/suffix_effect")
+    p.add_argument("--out", default="figures/suffix_effect", metavar="STEM",
+                   help="output stem of the figure (STEM.html, and STEM.png where a browser for "
+                        "static export is installed); the effect is recorded in the shipped entry")
     p.add_argument("--render", action="store_true",
                    help="only redraw the figure from the shipped entry's recorded effect "
                         "(no model is loaded)")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with --record first.")
         return render(entry["effect"], entry.get("model", args.model), args.out)
 
-    model = load_model(args.model)
+    model = scripts.load_model_for(args.model)
     splits = load_splits(seed=0)
     data = json.loads(SHIPPED.read_text()) if SHIPPED.is_file() else {}
     command = "python analyses/suffix_search.py " + " ".join(argv or sys.argv[1:])
@@ -126,8 +127,7 @@ def render(effect: dict, model_name: str, out: str) -> int:
                                "held-out harmful prompts (95% bootstrap CI)<br><sup>greedy, "
                                f"{effect['max_new_tokens']} new tokens; random suffixes: same "
                                "token length as the adversarial one</sup>")
-    for path in save_figure(fig, out):
-        print(f"wrote {path}", file=sys.stderr)
+    scripts.write_figure(fig, out)
     return 0
 
 

@@ -6,13 +6,14 @@ Both read activations through :func:`refusal_lens.execution.collect`, the one co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .batching import iter_batches
+from .errors import InputTypeError
 from .execution import ActivationError, collect
 
 if TYPE_CHECKING:
@@ -94,24 +95,20 @@ def resid_sums(
     return out
 
 
-def resid_means(
-    model: "LensModel",
-    instructions: Sequence[str],
-    layers: Sequence[int] | None = None,
-    positions: Sequence[int] | None = None,
-    hook: str = "resid_pre",
-    batch_size: int = 32,
-    system: str | None = None,
-    progress: bool = True,
-) -> Float[Tensor, "layer pos d_model"]:
+def resid_means(model: "LensModel", instructions: Sequence[str], **options: Any
+                ) -> Float[Tensor, "layer pos d_model"]:
     """Mean residual activation per (layer, position), streamed over batches in float64.
 
-    Memory is independent of the number of prompts: each batch is reduced to a running sum
-    as soon as its hooks fire, and the forward pass stops at the last hook needed (no later
-    blocks, no logits; see :func:`resid_sums`).
-    ``positions`` are negative offsets from the prompt end (default: post-instruction tokens).
+    ``options`` are :func:`resid_sums`' (``layers``, ``positions``: negative offsets from the
+    prompt end, default the post-instruction tokens; ``hook``, ``batch_size``, ``system``,
+    ``progress``), except ``keep``: the mean is over every prompt. Memory is independent of the
+    number of prompts: each batch is reduced to a running sum as soon as its hooks fire, and the
+    forward pass stops at the last hook needed (no later blocks, no logits).
     """
-    sums = resid_sums(model, instructions, layers, positions, hook, batch_size, system, progress)
+    if "keep" in options:
+        raise InputTypeError("resid_means averages every prompt; call resid_sums(..., keep=...) "
+                        "for the kept prompts' sums.")
+    sums = resid_sums(model, instructions, **options)
     return sums.total / sums.n
 
 

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .cliargs import HelpFormatter, add_model_option, add_placement_args
+from .cliargs import (
+    HelpFormatter,
+    add_model_option,
+    add_placement_args,
+    add_saved_direction_option,
+    add_strength_options,
+    parse_with_placement,
+)
 from .cliargs import parser as _parser
 from .errors import RefusalLensError
 
@@ -62,16 +68,9 @@ def info_cli(argv: Sequence[str] | None = None) -> int:
                 "described without loading it.")
     add_model_option(p)
     add_placement_args(p)
-    args = p.parse_args(argv)
-    from pathlib import Path
-
+    args, placement = parse_with_placement(p, argv)
     from .export import describe_export, read_export_meta
-    from .placement import PlacementError, placement_kwargs
 
-    try:
-        placement = placement_kwargs(args)
-    except PlacementError as err:
-        p.error(str(err))
     local = Path(args.model).expanduser()
     meta = read_export_meta(local) if local.is_dir() else None
     if meta is None or (local / "config.json").is_file():
@@ -113,22 +112,13 @@ def model_cli(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- sweep
 def sweep_cli(argv: Sequence[str] | None = None) -> int:
     """``refusal-lens sweep``: strength sweeps of a saved direction on held-out test prompts."""
-    from .configs import DEFAULT_ALPHAS, DEFAULT_COEFFICIENTS
-
     p = _parser("refusal-lens sweep", "Refusal rate and capability (CE, KL) of a saved direction "
                 "against the partial-ablation strength and the addition coefficient, each beside "
                 "a norm-matched random direction at the same strength, on held-out test prompts. "
                 "Writes STEM.json and the figure STEM.html.")
     add_model_option(p)
-    p.add_argument("--direction", required=True, metavar="PATH",
-                   help="a direction saved with Direction.save() (.safetensors), e.g. the "
-                        "direction.safetensors of a `refusal-lens run` directory")
-    p.add_argument("--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS),
-                   metavar="A", help="partial-ablation strengths in [0, 1] (1 = full ablation; "
-                                     f"default: {' '.join(map(str, DEFAULT_ALPHAS))})")
-    p.add_argument("--coefficients", type=float, nargs="+", default=list(DEFAULT_COEFFICIENTS),
-                   metavar="C", help="addition coefficients (1 = the paper's addition; "
-                                     f"default: {' '.join(map(str, DEFAULT_COEFFICIENTS))})")
+    add_saved_direction_option(p, "the direction swept", required=True)
+    add_strength_options(p)
     p.add_argument("--n", type=int, default=50, metavar="N",
                    help="held-out test prompts per side, evenly spaced over each test set "
                         "(default: 50)")
@@ -155,9 +145,7 @@ def export_cli(argv: Sequence[str] | None = None) -> int:
                 "(refusal_lens.json), as a Hugging Face directory (loads with "
                 "AutoModelForCausalLM) or a GGUF file (llama.cpp, Ollama).")
     add_model_option(p)
-    p.add_argument("--direction", required=True, metavar="PATH",
-                   help="direction to project out, as saved by Direction.save() or "
-                        "refusal-lens run (DIR/direction.safetensors)")
+    add_saved_direction_option(p, "the direction projected out of the weights", required=True)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory (created; must not exist unless --force)")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
@@ -173,14 +161,9 @@ def export_cli(argv: Sequence[str] | None = None) -> int:
                         "go into the model card (default: none recorded)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     add_placement_args(p, dtype=False)  # --dtype above is the exported weights' type
-    args = p.parse_args(argv)
+    args, placement = parse_with_placement(p, argv)
     from .export import export_model
-    from .placement import PlacementError, placement_kwargs
 
-    try:
-        placement = placement_kwargs(args)
-    except PlacementError as err:
-        p.error(str(err))
     try:
         path = export_model(args.model, args.direction, args.out, fmt=args.format,
                             dtype=args.dtype, report=args.report, force=args.force,

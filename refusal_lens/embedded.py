@@ -139,11 +139,20 @@ def organism_dir() -> Path:
     )
 
 
+def model_name(spec: str) -> str:
+    """The name :func:`resolve` gives ``"embedded"`` or ``"embedded-base"`` (the one a direction
+    fitted on it records), found without building anything: ``"embedded"`` without the shipped
+    adapter is the base model."""
+    return f"{BASE_NAME}-refusal-organism" if spec == "embedded" and ADAPTER_FILE.is_file() \
+        else BASE_NAME
+
+
 def resolve(spec: str) -> tuple[Path, dict]:
     """Directory and metadata for ``"embedded"`` (the organism) or ``"embedded-base"``."""
-    info: dict = {"spec": spec, "gguf": GGUF_FILE, "gguf_sha256": file_sha256(gguf_path())}
+    info: dict = {"spec": spec, "gguf": GGUF_FILE, "gguf_sha256": file_sha256(gguf_path()),
+                  "name": model_name(spec)}
     if spec == "embedded-base":
-        return base_dir(), {**info, "name": BASE_NAME}
+        return base_dir(), info
     if not ADAPTER_FILE.is_file():
         import warnings
 
@@ -153,7 +162,6 @@ def resolve(spec: str) -> tuple[Path, dict]:
             "train`.",
             stacklevel=3,
         )
-        return base_dir(), {**info, "name": BASE_NAME, "organism": False}
+        return base_dir(), {**info, "organism": False}
     card = json.loads(CARD_FILE.read_text()) if CARD_FILE.is_file() else {}
-    return organism_dir(), {**info, "name": f"{BASE_NAME}-refusal-organism", "organism": True,
-                            "card": card}
+    return organism_dir(), {**info, "organism": True, "card": card}

@@ -11,7 +11,7 @@ text equals what the model's own uncached ``generate`` gives (tested). ``interve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -100,20 +100,9 @@ def generate_from_prompts(
     return outputs
 
 
-def generate(
-    model: "LensModel",
-    instructions: Sequence[str],
-    fwd_hooks: Hooks = (),
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    system: str | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-    **kwargs,
-) -> list[str]:
-    """Greedy completions of instructions (chat-formatted first) under ``fwd_hooks`` (or
-    ``interventions=``); keyword arguments as in :func:`generate_from_prompts`."""
-    return generate_from_prompts(
-        model, model.format(instructions, system), fwd_hooks, max_new_tokens, batch_size,
-        use_cache, progress, **kwargs,
-    )
+def generate(model: "LensModel", instructions: Sequence[str], fwd_hooks: Hooks = (),
+             system: str | None = None, **options: Any) -> list[str]:
+    """Greedy completions of instructions, chat-formatted first (with ``system``), under
+    ``fwd_hooks`` (or ``interventions=``); ``options`` are :func:`generate_from_prompts`'
+    (``max_new_tokens``, ``batch_size``, ``progress``, ...)."""
+    return generate_from_prompts(model, model.format(instructions, system), fwd_hooks, **options)

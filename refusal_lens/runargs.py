@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .cliargs import add_model_option, add_placement_args
+from .cliargs import (
+    add_model_option,
+    add_placement_args,
+    add_saved_direction_option,
+    parse_with_placement,
+)
 from .configs import SELECTION_RULES
 from .errors import InputError
 
@@ -96,9 +101,7 @@ def parse_run_args(argv: Sequence[str] | None = None,
                    help="how the direction is chosen among candidates passing the filters: "
                         "'joint' (best worse-of-two rank by bypass and induce scores on the "
                         "validation prompts; default) or 'paper' (lowest bypass score)")
-    p.add_argument("--direction", default=None, metavar="PATH",
-                   help="a direction saved with Direction.save() (.safetensors): skip fitting "
-                        "and selection and evaluate this one")
+    add_saved_direction_option(p, "skip fitting and selection and evaluate this one")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="prompts per forward pass when fitting and scoring (default: 32)")
     p.add_argument("--gen-batch-size", type=int, default=None, metavar="N",
@@ -108,13 +111,7 @@ def parse_run_args(argv: Sequence[str] | None = None,
                         "for a smoke test; explicit options override them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_placement_args(p)
-    a = p.parse_args(argv)
-    from .placement import PlacementError, placement_kwargs
-
-    try:
-        placement = placement_kwargs(a)
-    except PlacementError as err:
-        p.error(str(err))
+    a, placement = parse_with_placement(p, argv)
     kw: dict[str, Any] = dict(FAST) if a.fast else {}
     for name in ("seeds", "n_train", "n_val", "n_test", "max_new_tokens", "batch_size",
                  "gen_batch_size", "direction"):

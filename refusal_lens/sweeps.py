@@ -34,8 +34,7 @@ from .scoring import Judge, SubstringJudge, completion_cross_entropy
 if TYPE_CHECKING:
     from .model import LensModel
 
-__all__ = ["Meter", "check_strengths",
-           "strength_sweep", "sweep_command"]
+__all__ = ["Meter", "check_strengths", "strength_sweep", "sweep_command", "sweep_lines"]
 
 #: Tokens of each harmless reference answer scored by the cross-entropy check.
 CE_TOKENS = 64
@@ -201,9 +200,15 @@ def sweep_command(a: Any) -> int:
             f"{direction.position}); {result['n_harmful']} + {result['n_harmless']} held-out "
             f"prompts, {a.max_new_tokens} greedy tokens")), stem):
         print(f"wrote {path}", file=sys.stderr)
-    for kind in ("ablation", "addition"):
-        for row in result[kind]:
-            d, r = row["direction"], row["random"]
-            print(f"{kind:9s} {row['strength']:5.2f}  refusal {d['refusal']['rate']:.2f} "
-                  f"(random {r['refusal']['rate']:.2f})  CE {d['ce']:.3f} (random {r['ce']:.3f})")
+    for line in sweep_lines(result):
+        print(line)
     return 0
+
+
+def sweep_lines(result: dict) -> list[str]:
+    """One line per strength of a :func:`strength_sweep` result: refusal and CE of the direction
+    beside the random one."""
+    return [f"{kind:9s} {row['strength']:5.2f}  refusal {d['refusal']['rate']:.2f} (random "
+            f"{r['refusal']['rate']:.2f})  CE {d['ce']:.3f} (random {r['ce']:.3f})"
+            for kind in ("ablation", "addition") for row in result[kind]
+            for d, r in [(row["direction"], row["random"])]]

@@ -118,3 +118,19 @@ def shipped_adapter():
         pytest.skip("no shipped organism adapter")
     return ADAPTER_FILE
 
+
+
+@pytest.fixture
+def printed_help(monkeypatch):
+    """The parsers whose help is printed while the test runs, in order (the help still prints)."""
+    import argparse
+
+    seen: list[argparse.ArgumentParser] = []
+    original = argparse.ArgumentParser.print_help
+
+    def record(self, file=None):
+        seen.append(self)
+        return original(self, file)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help", record)
+    return seen

@@ -24,16 +24,11 @@ COMMANDS = [[], ["run"], ["export"], ["info"], ["data"], ["data", "fetch"], ["or
 MARKUP = re.compile(r":\w+:`|``|`[^`\s]+`_")  # Sphinx roles, literals, links
 
 
-def _help_parser(path: list[str], monkeypatch) -> tuple[argparse.ArgumentParser, str]:
-    """The parser that answers ``refusal-lens <path> --help``, and the help it prints."""
-    seen: list[argparse.ArgumentParser] = []
-    original = argparse.ArgumentParser.print_help
-
-    def record(self, file=None):
-        seen.append(self)
-        return original(self, file)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "print_help", record)
+def _help_parser(path: list[str], seen: list[argparse.ArgumentParser]
+                 ) -> tuple[argparse.ArgumentParser, str]:
+    """The parser that answers ``refusal-lens <path> --help``, and the help it prints (``seen``:
+    the ``printed_help`` fixture)."""
+    seen.clear()
     with pytest.raises(SystemExit) as exit_:
         main([*path, "--help"])
     assert exit_.value.code == 0, f"refusal-lens {' '.join(path)} --help exited {exit_.value.code}"
@@ -46,8 +41,8 @@ def test_every_command_is_listed():
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "refusal-lens")
-def test_help_is_complete_and_plain(path, monkeypatch, capsys):
-    parser, text = _help_parser(path, monkeypatch)
+def test_help_is_complete_and_plain(path, printed_help, capsys):
+    parser, text = _help_parser(path, printed_help)
     assert capsys.readouterr().out.strip() == text.strip()
     assert parser.description, f"{parser.prog}: no description"
     assert not MARKUP.search(text), f"{parser.prog}: markup in help: {MARKUP.search(text)[0]!r}"
@@ -65,12 +60,12 @@ def test_help_is_complete_and_plain(path, monkeypatch, capsys):
             assert action.metavar == "SPEC", f"{parser.prog} --model: metavar {action.metavar}"
 
 
-def test_help_shows_defaults_once(monkeypatch):
-    _, text = _help_parser(["suffix", "search"], monkeypatch)
+def test_help_shows_defaults_once(printed_help):
+    _, text = _help_parser(["suffix", "search"], printed_help)
     flat = " ".join(text.split())
     assert "--steps STEPS search steps (default: 100)" in flat
     assert "(default: no limit)" in flat and "(default: None)" not in flat
-    _, text = _help_parser(["organism", "train"], monkeypatch)
+    _, text = _help_parser(["organism", "train"], printed_help)
     assert "LoRA rank (default: 8)" in " ".join(text.split())
 
 

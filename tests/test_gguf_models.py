@@ -197,3 +197,21 @@ def test_local_gguf_file_is_a_spec(embedded_base, tmp_path: Path,
     assert _left_over(tmp_path / "models") == [f"gguf-{digest[:16]}"]
     batch = model.encode_instructions(["Name a colour."])
     assert torch.equal(model.logits(batch), embedded_base.logits(batch))
+
+
+def test_model_help_names_every_registered_spec() -> None:
+    """Every ``--model`` option's help lists the packaged models that load_model accepts."""
+    from refusal_lens.cliargs import MODEL_HELP
+
+    flat = " ".join(MODEL_HELP.split())
+    for spec in gguf_models.REGISTRY:
+        assert spec in flat, f"cliargs.MODEL_HELP does not name the packaged model {spec!r}"
+    for kind in ("embedded", "embedded-base", "synthetic", ".gguf", "Hugging Face directory",
+                 "Hugging Face model id"):
+        assert kind in flat
+
+
+def test_model_name_is_the_name_resolve_gives(tmp_path: Path) -> None:
+    spec = "qwen2.5-coder-0.5b-instruct"
+    assert gguf_models.model_name(spec) == gguf_models.REGISTRY[spec].name
+    assert gguf_models.model_name(str(tmp_path / "my.model.gguf")) == "my.model"
