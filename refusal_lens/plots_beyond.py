@@ -136,13 +136,16 @@ def categories_figure(names: Sequence[str], cosines: Sequence[Sequence[float]],
     column). Right (with ``rates``: arm -> category -> rate summary): refusal per category
     under each arm, with 95% CIs."""
     cols = 2 if rates else 1
+    gap = 0.24  # between the panels: the heatmap's colour bar, then the category labels
     fig = make_subplots(rows=1, cols=cols, column_widths=[0.5, 0.5][:cols],
+                        horizontal_spacing=gap if rates else None,
                         subplot_titles=("cosine similarity",
                                         "refusal by test category")[:cols])
+    bar_x = (1 - gap) / 2 + 0.01 if rates else 1.0
     fig.add_trace(go.Heatmap(z=[list(r) for r in cosines], x=list(names), y=list(names),
                              zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
                              text=[[f"{v:.2f}" for v in r] for r in cosines],
-                             texttemplate="%{text}", colorbar=dict(x=0.45 if rates else 1.0)),
+                             texttemplate="%{text}", colorbar=dict(x=bar_x, thickness=15)),
                   row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=1)
     if rates:
