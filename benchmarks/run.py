@@ -317,6 +317,10 @@ def main() -> int:
                              "another model's rows are kept beside the embedded ones (the "
                              "load, memory, cli and offload rows are the embedded model's)")
     args = parser.parse_args()
+    embedded_only = [b for b in args.only if b in ("load", "memory", "cli", "offload")]
+    if embedded_only and args.model != "embedded":
+        parser.error(f"--only {' '.join(embedded_only)} measure(s) the embedded model; with "
+                     f"--model {args.model} pass --only from extraction, generation, selection")
     import refusal_lens as rl
     from refusal_lens.datasets import load_splits
 
@@ -346,8 +350,6 @@ def main() -> int:
             results["offload"] = bench_offload(16 if args.quick else 64,
                                                8 if args.quick else 32)
             continue
-        if name in ("load", "memory", "cli", "offload") and args.model != "embedded":
-            raise SystemExit(f"--only {name} measures the embedded model; drop --model.")
         model = model or rl.load_model(args.model)
         if name == "extraction":
             own["extraction"] = bench_extraction(
