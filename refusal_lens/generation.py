@@ -100,7 +100,7 @@ def generate_from_prompts(
     return outputs
 
 
-def generate(model: "LensModel", instructions: Sequence[str], fwd_hooks: Hooks = (),
+def generate(model: "LensModel", instructions: Sequence[str], fwd_hooks: Hooks = (), *,
              system: str | None = None, **options: Any) -> list[str]:
     """Greedy completions of instructions, chat-formatted first (with ``system``), under
     ``fwd_hooks`` (or ``interventions=``); ``options`` are :func:`generate_from_prompts`'
