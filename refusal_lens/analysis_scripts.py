@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["fast", "analysis_parser", "add_count", "add_tokens_option", "add_fit_counts",
            "add_suffix_analysis_options", "read_json", "write_figure", "sweep_caption",
-           "render_or_measure", "Measurement", "model_name", "load_saved_directions",
+           "render_or_measure", "Measurement", "load_saved_directions",
            "load_model_for", "rule_directions", "rule_measurement", "suffix_setup"]
 
 K = TypeVar("K")
@@ -200,18 +200,6 @@ class Measurement:
 
 
 # --------------------------------------------------------------------------- directions
-def model_name(spec: str) -> str:
-    """The name :func:`refusal_lens.model.load_model` gives model ``spec`` (the one a direction
-    fitted on it records), found without loading anything."""
-    from . import embedded, gguf_models
-
-    if spec in ("embedded", "embedded-base"):
-        return embedded.model_name(spec)
-    if gguf_models.is_gguf_spec(spec):
-        return gguf_models.model_name(spec)
-    return Path(spec).expanduser().name  # "synthetic", a local directory or a hub id's last part
-
-
 def load_saved_directions(paths: Mapping[K, str | Path], spec: str,
                           fix: str) -> dict[K, "Direction"]:
     """The direction saved at each of ``paths``, checked before any model loads: the file
@@ -219,6 +207,8 @@ def load_saved_directions(paths: Mapping[K, str | Path], spec: str,
     check raises :class:`refusal_lens.errors.DirectionError` ending with ``fix`` (how to make
     the right files)."""
     from .directions import Direction
+
+    from .model import model_name
 
     want = model_name(spec)
     out: dict[K, Direction] = {}

@@ -347,25 +347,33 @@ def load_model(
         from .synthetic import build_synthetic
 
         syn = build_synthetic()
-        path, name = syn.path, "synthetic"
-        info = {"spec": spec, "planted_direction": syn.direction, "synthetic": syn}
+        path, info = syn.path, {"spec": spec, "planted_direction": syn.direction, "synthetic": syn}
     elif spec in ("embedded", "embedded-base") or gguf_models.is_gguf_spec(spec):
         from . import embedded
-
         resolve = gguf_models.resolve if gguf_models.is_gguf_spec(spec) else embedded.resolve
         path, info = resolve(spec)
-        name = info["name"]
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
         if not (path / "config.json").is_file():
             raise ModelSpecError(f"{path} exists but holds no config.json. " + _spec_help(spec))
-        name, info, trust = path.name, {"spec": spec, "path": str(path)}, trust_remote_code
+        info, trust = {"spec": spec, "path": str(path)}, trust_remote_code
     else:
         return _load_hub(spec, place, chat_template, system, trust_remote_code)
     model, tok = load_hf_dir(path, place.dtype, trust, **place.from_pretrained_kwargs())
     info["placement"] = place.describe(model)
-    return wrap_hf(model, tok, name, source=path, chat_template=chat_template, system=system,
-                   device=place.device, dtype=place.dtype, info=info)
+    return wrap_hf(model, tok, model_name(spec), source=path, chat_template=chat_template,
+                   system=system, device=place.device, dtype=place.dtype, info=info)
+
+
+def model_name(spec: str) -> str:
+    """The name :func:`load_model` gives ``spec`` (what a direction records), without loading."""
+    from . import embedded, gguf_models
+
+    if spec in ("embedded", "embedded-base"):
+        return embedded.model_name(spec)
+    if gguf_models.is_gguf_spec(spec):
+        return gguf_models.model_name(spec)
+    return Path(spec).expanduser().name  # "synthetic", a local directory or a hub id's last part
 
 
 def _spec_help(spec: Any) -> str:
@@ -387,6 +395,6 @@ def _load_hub(spec, place, chat_template, system, trust_remote_code):
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"Could not load {spec!r} ({err}). " + _spec_help(spec)) from err
     print(f"[refusal_lens] loaded {spec} from the hub", file=sys.stderr)
-    return wrap_hf(model, tok, spec.split("/")[-1], source=spec, chat_template=chat_template,
+    return wrap_hf(model, tok, model_name(spec), source=spec, chat_template=chat_template,
                    system=system, device=place.device, dtype=place.dtype,
                    info={"spec": spec, "placement": place.describe(model)})

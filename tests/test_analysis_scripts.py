@@ -172,14 +172,15 @@ def test_measure_seeds_saves_each_finished_seed(tmp_path):
 # --------------------------------------------------------------------------- directions
 def test_model_name_without_loading(synthetic, tmp_path):
     from refusal_lens import embedded
+    from refusal_lens.model import model_name
 
-    assert scripts.model_name("synthetic") == synthetic.name
-    assert scripts.model_name("embedded-base") == embedded.BASE_NAME
+    assert model_name("synthetic") == synthetic.name
+    assert model_name("embedded-base") == embedded.BASE_NAME
     spec = next(iter(gguf_models.REGISTRY))
-    assert scripts.model_name(spec) == gguf_models.REGISTRY[spec].name
-    assert scripts.model_name(str(tmp_path / "m.gguf")) == "m"
-    assert scripts.model_name("Qwen/Qwen-1_8B-chat") == "Qwen-1_8B-chat"
-    assert scripts.model_name(str(tmp_path)) == tmp_path.name
+    assert model_name(spec) == gguf_models.REGISTRY[spec].name
+    assert model_name(str(tmp_path / "m.gguf")) == "m"
+    assert model_name("Qwen/Qwen-1_8B-chat") == "Qwen-1_8B-chat"
+    assert model_name(str(tmp_path)) == tmp_path.name
 
 
 def _save(path: Path, model: str = "synthetic", d_model: int = 4) -> Path:
