@@ -1,7 +1,8 @@
 """Speed and memory benchmarks on the embedded model, reported as ratios measured in one run.
 
     python benchmarks/run.py [--n 128] [--quick]
-    python benchmarks/run.py --model qwen2.5-coder-0.5b-instruct --only extraction generation
+    python benchmarks/run.py --model qwen2.5-coder-0.5b-instruct --only extraction generation \
+        --new-tokens 32
 
 Writes ``benchmarks/results.json`` and prints a Markdown table (also ``benchmarks/results.md``).
 Targets: streaming extraction >= 3x the naive cache-everything baseline and >= 30% of the
@@ -10,7 +11,9 @@ generation within 5% of the plain model; KV-cache generation >= 3x no-cache; cac
 with half the decoder layers offloaded to disk, lower peak RSS than without (and its time cost);
 ``refusal-lens --help`` and every ``refusal-lens <command> --help`` <= 1 s in a fresh process.
 ``--model`` measures the extraction, generation and selection rows on another model (kept under
-``models`` in the JSON, with the same targets).
+``models`` in the JSON, with the same targets). ``--new-tokens`` sets the generation row's
+greedy tokens (recorded in the row as ``new_tokens``): its uncached arm re-reads the whole prompt at
+every token, so on a larger model 64 tokens make that one arm most of the suite's time.
 """
 
 from __future__ import annotations
@@ -312,6 +315,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES),
                         help="run only these benchmarks (the others keep their last results)")
+    parser.add_argument("--new-tokens", type=int, default=64, metavar="N",
+                        help="greedy tokens per completion in the generation row (default 64; "
+                             "16 with --quick)")
     parser.add_argument("--model", default="embedded",
                         help="model spec for the extraction, generation and selection rows; "
                              "another model's rows are kept beside the embedded ones (the "
@@ -321,6 +327,8 @@ def main() -> int:
     if embedded_only and args.model != "embedded":
         parser.error(f"--only {' '.join(embedded_only)} measure(s) the embedded model; with "
                      f"--model {args.model} pass --only from extraction, generation, selection")
+    if args.new_tokens < 1:
+        parser.error(f"--new-tokens must be at least 1, not {args.new_tokens}")
     import refusal_lens as rl
     from refusal_lens.datasets import load_splits
 
@@ -356,7 +364,7 @@ def main() -> int:
                 model, (s.harmful_train + s.harmless_train)[:n], matmul_roofline())
         elif name == "generation":
             own["generation"] = bench_generation(model, s.harmless_test[:16],
-                                                     16 if args.quick else 64)
+                                                 16 if args.quick else args.new_tokens)
         elif name == "selection":
             own["selection"] = bench_selection(model, s, 8 if args.quick else 32)
     results["targets"] = targets(results)

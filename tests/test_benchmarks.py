@@ -22,6 +22,12 @@ def test_run_refuses_embedded_only_rows_on_another_model():
     assert "pass --only from extraction, generation, selection" in r.stderr
 
 
+def test_run_refuses_a_generation_without_tokens():
+    r = _run("benchmarks/run.py", "--only", "generation", "--new-tokens", "0")
+    assert r.returncode == 2
+    assert "--new-tokens must be at least 1, not 0" in r.stderr
+
+
 def test_compare_runs_refuses_an_unfinished_run(tmp_path):
     r = _run("benchmarks/compare_runs.py", str(tmp_path), str(tmp_path))
     assert r.returncode != 0
