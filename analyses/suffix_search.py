@@ -1,4 +1,4 @@
-"""Adversarial suffix for the embedded organism: search it (--search) or load the shipped one,
+"""Adversarial suffix for a model (``--model``, the organism by default): search it (--search) or load the shipped one,
 then measure refusal on held-out harmful prompts with it, without it and with random suffixes.
 
     python analyses/suffix_search.py                 # re-measure the shipped suffix
@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(effect: dict, model_name: str, out: str) -> int:
     """Draw the suffix-effect figure (with CIs and the random controls set apart)."""
-    fig = suffix_effect_figure(effect, title=f"{model_name}: refusal on {effect['n_prompts']} "
-                               "held-out harmful prompts (95% bootstrap CI)<br><sup>greedy, "
-                               f"{effect['max_new_tokens']} new tokens; random suffixes: same "
-                               "token length as the adversarial one</sup>")
+    fig = suffix_effect_figure(effect, title=f"{model_name}: refusal with an adversarial suffix"
+                               f"<br><sup>{effect['n_prompts']} held-out harmful prompts, greedy, "
+                               f"{effect['max_new_tokens']} new tokens, 95% bootstrap CI; random "
+                               "suffixes: same token length as the adversarial one</sup>")
     scripts.write_figure(fig, out)
     return 0
 

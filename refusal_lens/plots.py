@@ -178,7 +178,7 @@ def suffix_effect_figure(effect: dict[str, Any], title: str = "Refusal with an a
     groups = [("no suffix", ["no suffix"], [effect["refusal_no_suffix"]], "#1f77b4", ""),
               ("adversarial suffix", ["adversarial suffix"], [effect["refusal_adversarial"]],
                _COND_COLORS["harmful + adversarial suffix"], ""),
-              ("random suffixes (controls)", [f"random suffix, seed {s}" for s in seeds],
+              ("random suffixes (controls)", [f"random suffix<br>seed {s}" for s in seeds],
                list(effect["refusal_random"]), "#9e9e9e", "/")]
     fig = go.Figure()
     for name, xs, ys, color, hatch in groups:
@@ -194,8 +194,8 @@ def suffix_effect_figure(effect: dict[str, Any], title: str = "Refusal with an a
             hovertemplate="%{x}<extra></extra>"))
     fig.update_layout(title=title, yaxis=dict(title=f"refusal rate ({n} prompts)",
                                               range=[0, 1.05]),
-                      legend=dict(orientation="h", y=-0.25), height=480, width=900,
-                      margin=dict(b=120))
+                      xaxis=dict(tickangle=0), legend=dict(orientation="h", y=-0.3),
+                      height=500, width=900, margin=dict(b=140))
     return fig
 
 
