@@ -337,12 +337,13 @@ def main() -> int:
     n = 16 if args.quick else args.n
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "torch": torch.__version__}
+    machine = {"platform": platform.platform(), "processor": platform.processor(),
+               "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "load_avg_1min_before": os.getloadavg()[0]}
     model = None
     own = results if args.model == "embedded" else \
         results.setdefault("models", {}).setdefault(args.model, {})
+    own["machine"] = machine  # another model's rows say where (and on how many threads) they ran
     for name in args.only:
         print(f"{name} ...", file=sys.stderr)
         if name == "load":
@@ -367,10 +368,13 @@ def main() -> int:
                                                  16 if args.quick else args.new_tokens)
         elif name == "selection":
             own["selection"] = bench_selection(model, s, 8 if args.quick else 32)
+    machine["load_avg_1min_after"] = os.getloadavg()[0]
     results["targets"] = targets(results)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    from refusal_lens.paths import atomic_write_text
+
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    (HERE / "results.md").write_text(table + "\n")
+    atomic_write_text(HERE / "results.md", table + "\n")
     print(table)
     return 0
 
@@ -415,9 +419,10 @@ def markdown(r: dict) -> str:
     if "cli" in r:
         lines.append(f"\nSlowest help: `{r['cli']['slowest']}`; each command's seconds are in "
                      "results.json (`cli.help_s`).")
-    m = r["machine"]
-    lines.append(f"\nMachine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
-                 f"({m['torch_threads']} threads).")
+    for spec, m in [("", r["machine"])] + [(f" [{k}]", v["machine"])
+                                           for k, v in r.get("models", {}).items()]:
+        lines.append(f"\nMachine{spec}: {m['platform']}, {m['cpu_count']} CPUs, torch "
+                     f"{m['torch']} ({m['torch_threads']} threads).")
     return "\n".join(lines)
 
 
