@@ -60,13 +60,16 @@ def non_embedding_params(model) -> int:
 
 
 def bench_extraction(model, prompts: list[str], roofline: float) -> dict:
-    """Streaming resid_means vs run_with_cache(all hooks) + mean afterwards."""
+    """Streaming resid_means vs run_with_cache(all hooks, no autograd, batches of 32) + mean
+    afterwards; on a model with a large vocabulary the cached logits dominate that baseline's
+    memory."""
     from refusal_lens.batching import iter_batches
 
     positions = model.post_instruction_positions
     layers = list(range(model.n_layers))
     stream_s, means = timed(lambda: model.resid_means(prompts, batch_size=32, progress=False))
 
+    @torch.no_grad()  # without it the autograd graph of every cached activation is kept too
     def naive():
         sums, n = None, 0
         for batch in iter_batches(model, prompts, 32):
