@@ -77,6 +77,23 @@ def test_search_records_a_front(synthetic, planted):
         search_weights(synthetic, d, syn.harmful[:2], syn.harmless[:2], n_trials=0)
 
 
+def test_search_keeps_to_its_time_budget(synthetic, planted):
+    syn, d = planted
+    kw = dict(max_new_tokens=4, batch_size=8)
+    one = search_weights(synthetic, d, syn.harmful[40:48], syn.harmless[40:48], n_trials=1, **kw)
+    trial_s = one["trials"][0]["seconds"]
+    # room for about two more trials after the first: never one that would overrun the budget
+    budget = 2.5 * trial_s
+    res = search_weights(synthetic, d, syn.harmful[40:48], syn.harmless[40:48], n_trials=50,
+                         timeout_s=budget, **kw)
+    assert 1 <= res["n_trials"] < 50 and res["budget_s"] == budget
+    assert sum(t["seconds"] for t in res["trials"][1:]) <= budget
+    assert res["uniform"]["number"] == 0
+    tiny = search_weights(synthetic, d, syn.harmful[40:48], syn.harmless[40:48], n_trials=50,
+                          timeout_s=1e-6, **kw)
+    assert tiny["n_trials"] == 1  # the uniform trial always runs
+
+
 def test_choose_point_rule():
     trials = [{"number": 0, "refusal": 0.1, "kl": 0.5}, {"number": 1, "refusal": 0.05, "kl": 0.4},
               {"number": 2, "refusal": 0.3, "kl": 0.01}, {"number": 3, "refusal": 0.1, "kl": 0.2}]
