@@ -13,7 +13,7 @@ def targets(r: dict) -> dict:
          lambda v: v >= 0.30),
         ("memory", "ratio_large_to_small", "peak RSS N=512 / N=64 (<= 1.10)", lambda v: v <= 1.10),
         ("generation", "orthogonalized_over_plain",
-         "orthogonalized / plain generation time per token (<= 1.05)", lambda v: v <= 1.05),
+         "orthogonalized / plain generation time (<= 1.05)", lambda v: v <= 1.05),
         ("generation", "kv_cache_speedup", "KV-cache generation speedup (>= 3x)", lambda v: v >= 3),
         ("load", "cached_load_s", "cached model load seconds (<= 5)", lambda v: v <= 5),
         ("cli", "slowest_help_s", "slowest `refusal-lens [<command>] --help` seconds (<= 1)",
