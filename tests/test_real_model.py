@@ -104,3 +104,15 @@ def test_greedy_generation_refuses_harmful_answers_harmless(qwen) -> None:
                      max_new_tokens=16, progress=False)
     assert is_refusal(texts[0]), texts[0]
     assert not is_refusal(texts[1]) and len(texts[1].split()) >= 4, texts[1]
+
+
+def test_shipped_suffix_belongs_to_this_model(qwen) -> None:
+    from refusal_lens.suffixes import shipped_suffix, suffix_ids
+
+    entry = shipped_suffix(SPEC)
+    assert entry["model"] == qwen.name
+    assert entry["model_info"]["gguf_sha256"] == qwen.info["gguf_sha256"]
+    assert suffix_ids(qwen.tokenizer, entry["suffix"]) == entry["ids"]  # survives re-tokenizing
+    effect = entry["effect"]
+    assert effect["n_prompts"] >= 50 and len(effect["refusal_random"]) >= 2
+    assert "--search" in entry["reproduce"] and f"--model {SPEC}" in entry["reproduce"]
