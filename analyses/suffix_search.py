@@ -1,5 +1,6 @@
-"""Adversarial suffix for a model (``--model``, the organism by default): search it (--search) or load the shipped one,
-then measure refusal on held-out harmful prompts with it, without it and with random suffixes.
+"""Adversarial suffix for a model (``--model``, the organism by default): search it (--search)
+or load the shipped one, then measure refusal on held-out harmful prompts with it, without it
+and with random suffixes.
 
     python analyses/suffix_search.py                 # re-measure the shipped suffix
     python analyses/suffix_search.py --search ...    # search anew and rewrite the shipped entry

@@ -251,11 +251,9 @@ def search_weights(
                for k, v in (("peak", 0.0), ("width", float(L)), ("w_max", 1.0), ("w_min", 1.0))}
     study.enqueue_trial(uniform)
     t0 = time.perf_counter()
-    longest = [0.0]
-
-    def keep_to_budget(study, trial) -> None:
-        longest[0] = max(longest[0], trial.user_attrs.get("seconds", 0.0))
-        if timeout_s is not None and time.perf_counter() - t0 + longest[0] > timeout_s:
+    def keep_to_budget(study, _trial) -> None:
+        longest = max(t.user_attrs.get("seconds", 0.0) for t in study.trials)
+        if timeout_s is not None and time.perf_counter() - t0 + longest > timeout_s:
             study.stop()
 
     study.optimize(objective, n_trials=n_trials, callbacks=[keep_to_budget])
