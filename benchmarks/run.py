@@ -22,9 +22,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from process_benches import bench_cli, bench_load, bench_memory, bench_offload  # noqa: E402
 from targets import markdown, targets  # noqa: E402
 
 
@@ -122,115 +121,21 @@ def bench_extraction(model, prompts: list[str], roofline: float) -> dict:
     }
 
 
-_RSS_CHILD = """
-import os, resource, sys
-os.environ["HF_HUB_OFFLINE"] = "1"
-import refusal_lens as rl
-from refusal_lens.data_sources import load_pools
-
-
-def peak_kb():
-    # VmHWM belongs to this process's own address space (reset by exec); getrusage's
-    # ru_maxrss survives exec and would report the parent's peak at fork time.
-    try:
-        with open("/proc/self/status") as fh:
-            return int(next(l for l in fh if l.startswith("VmHWM:")).split()[1])
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-m = rl.load_model("embedded")
-base = [r["instruction"] for r in load_pools()[1]][:64]
-n = int(sys.argv[1])
-prompts = (base * (n // len(base) + 1))[:n]  # same length distribution for every N
-before = peak_kb()
-m.resid_means(prompts, batch_size=32, progress=False)
-after = peak_kb()
-print(before, after)
-"""
-
-
-def bench_memory(ns=(64, 512)) -> dict:
-    """Peak RSS of a fresh process extracting means over N prompts (all layers, positions).
-
-    Every N draws from the same 64 prompts, so only the count changes: per-batch memory
-    depends on the longest prompt in a batch, not on how many batches there are.
-    """
-    out = {}
-    for n in ns:
-        res = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(n)], capture_output=True,
-                             text=True, check=True)
-        before, after = map(int, res.stdout.split()[-2:])
-        out[n] = {"peak_rss_mb_after_load": before / 1024, "peak_rss_mb": after / 1024}
-    lo, hi = out[ns[0]]["peak_rss_mb"], out[ns[-1]]["peak_rss_mb"]
-    return {"by_n": out, "ratio_large_to_small": hi / lo}
-
-
-_OFFLOAD_CHILD = """
-import json, os, sys, tempfile, time
-os.environ["HF_HUB_OFFLINE"] = "1"
-import refusal_lens as rl
-from refusal_lens.data_sources import load_pools
-from refusal_lens.generation import generate
-
-
-def peak_kb(field="VmHWM:"):  # VmHWM: the high-water mark; VmRSS: resident now
-    with open("/proc/self/status") as fh:
-        return int(next(l for l in fh if l.startswith(field)).split()[1])
-
-
-mode, n, new_tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-kw = {}
-if mode == "offload":  # embedding, norm, unembedding and layers 0..14 on the CPU; 15..29 on disk
-    dm = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
-          "lm_head": "cpu"}
-    dm.update({f"model.layers.{l}": "cpu" if l < 15 else "disk" for l in range(30)})
-    kw = dict(device_map=dm, offload_folder=tempfile.mkdtemp())
-t = time.perf_counter()
-m = rl.load_model("embedded", **kw)
-out = {"load_s": time.perf_counter() - t, "peak_rss_mb_after_load": peak_kb() / 1024,
-       "rss_mb_after_load": peak_kb("VmRSS:") / 1024}
-prompts = [r["instruction"] for r in load_pools()[1]][:n]
-t = time.perf_counter()
-m.resid_means(prompts, batch_size=32, progress=False)
-out["extraction_s"], out["peak_rss_mb_extraction"] = time.perf_counter() - t, peak_kb() / 1024
-t = time.perf_counter()
-generate(m, prompts[:16], max_new_tokens=new_tokens, batch_size=16, progress=False)
-out["generation_s"], out["peak_rss_mb_generation"] = time.perf_counter() - t, peak_kb() / 1024
-print(json.dumps(out))
-"""
-
-
-def bench_offload(n: int = 64, new_tokens: int = 32) -> dict:
-    """The organism as loaded normally vs with half its decoder layers offloaded to disk by
-    accelerate (``device_map``): peak RSS of a fresh process after extracting residual means
-    over ``n`` prompts (all layers), then after greedy generation of 16 prompts, and the time
-    of each step. Peaks are cumulative: the generation peak includes the extraction's (and
-    both include loading); ``rss_mb_after_load`` is what stays resident once loaded."""
-    out = {}
-    for mode in ("plain", "offload"):
-        res = subprocess.run([sys.executable, "-c", _OFFLOAD_CHILD, mode, str(n), str(new_tokens)],
-                             capture_output=True, text=True, check=True)
-        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
-    p, o = out["plain"], out["offload"]
-    return {
-        "n_prompts": n, "new_tokens": new_tokens, "by_mode": out, "layers_on_disk": "15 of 30",
-        "rss_extraction_offload_over_plain":
-            o["peak_rss_mb_extraction"] / p["peak_rss_mb_extraction"],
-        "rss_generation_offload_over_plain":
-            o["peak_rss_mb_generation"] / p["peak_rss_mb_generation"],
-        "time_extraction_offload_over_plain": o["extraction_s"] / p["extraction_s"],
-        "time_generation_offload_over_plain": o["generation_s"] / p["generation_s"],
-    }
-
-
-def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
+def bench_generation(model, prompts: list[str], new_tokens: int = 64, rounds: int = 3) -> dict:
     """Plain vs hook ablation / addition vs orthogonalized weights; KV cache vs none (batch of
     16), by wall time. Rows leave the batch when they end, so an arm whose intervention changes
     the text decodes a different number of tokens: each arm's tokens (of the decoded
     completions) and its time per token are recorded beside the wall-time ratios. Orthogonalized
     weights and hook ablation compute the same function (same completions), as do the bridge
-    and the plain path, and the cached and uncached loops."""
+    and the plain path, and the cached and uncached loops.
+
+    The cached arms run in ``rounds`` interleaved rounds (every arm once per round, the order
+    rotated by one each round), so a change in the host's load falls on all arms alike rather
+    than on whichever arm ran then: an arm's time is its median over rounds, and a ratio of two
+    arms is the median of their per-round ratios. Each round's seconds are recorded
+    (``round_s``). The uncached arm, slower by design, runs once after the rounds."""
+    from statistics import median
+
     from refusal_lens.directions import random_like
     from refusal_lens.generation import generate
     from refusal_lens.interventions import ablation, addition
@@ -248,56 +153,42 @@ def bench_generation(model, prompts: list[str], new_tokens: int = 64) -> dict:
         "hook_addition": lambda: generate(model, prompts, **kw, interventions=[
             addition(model, d, model.n_layers // 2)]),
         "orthogonalized": lambda: generate(ortho, prompts, **kw),
-        "no_kv_cache": lambda: generate(model, prompts, use_cache=False, **kw),
         "bridge_hook_ablation": lambda: generate(model, prompts, interventions=[
             ablation(model, d)], backend="bridge", attn=None, **kw),
     }
-    out: dict = {"batch": len(prompts), "new_tokens": new_tokens}
+    names = list(arms)
+    round_s: dict[str, list[float]] = {name: [] for name in names}
+    texts: dict[str, list[str]] = {}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            texts[name] = arms[name]()
+            round_s[name].append(time.perf_counter() - t)
+    sec_nokv, texts["no_kv_cache"] = timed(
+        lambda: generate(model, prompts, use_cache=False, **kw))
+    seconds = {name: median(v) for name, v in round_s.items()} | {"no_kv_cache": sec_nokv}
+    out: dict = {"batch": len(prompts), "new_tokens": new_tokens, "rounds": rounds,
+                 "round_s": round_s}
     per_token = {}
-    for name, run in arms.items():
-        sec, texts = timed(run)
-        n = sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    for name, sec in seconds.items():
+        n = sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"])
+                for t in texts[name])
         out |= {f"{name}_s": sec, f"{name}_tokens": n}
         per_token[name] = sec / max(n, 1)
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of arm a's time over arm b's in the same round."""
+        return median(x / y for x, y in zip(round_s[a], round_s[b]))
+
     return out | {
-        "orthogonalized_over_plain": out["orthogonalized_s"] / out["plain_s"],
+        "orthogonalized_over_plain": paired("orthogonalized", "plain"),
         "orthogonalized_over_plain_per_token": per_token["orthogonalized"] / per_token["plain"],
         "hook_over_plain_per_token": per_token["hook_ablation"] / per_token["plain"],
         "addition_over_plain_per_token": per_token["hook_addition"] / per_token["plain"],
-        "orthogonalized_over_hook": out["orthogonalized_s"] / out["hook_ablation_s"],
-        "kv_cache_speedup": out["no_kv_cache_s"] / out["plain_s"],
-        "plain_path_speedup": out["bridge_hook_ablation_s"] / out["hook_ablation_s"],
+        "orthogonalized_over_hook": paired("orthogonalized", "hook_ablation"),
+        "kv_cache_speedup": seconds["no_kv_cache"] / seconds["plain"],
+        "plain_path_speedup": paired("bridge_hook_ablation", "hook_ablation"),
     }
-
-
-_LOAD_CHILD = """
-import os, sys, time
-os.environ["HF_HUB_OFFLINE"] = "1"
-t = time.perf_counter()
-import refusal_lens as rl
-import refusal_lens.model  # torch and transformers (``import refusal_lens`` alone is lazy)
-t1 = time.perf_counter()
-rl.load_model("embedded")
-print(t1 - t, time.perf_counter() - t1)
-"""
-
-
-def bench_load() -> dict:
-    """First load (dequantize + merge into an empty cache) vs cached load, each in a fresh
-    process; ``import refusal_lens`` (torch, transformers) is timed separately from
-    ``load_model("embedded")``, which also pays transformers' and TransformerLens's lazy
-    imports."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "REFUSAL_LENS_CACHE": tmp}
-        runs = []
-        for _ in range(2):
-            res = subprocess.run([sys.executable, "-c", _LOAD_CHILD], capture_output=True,
-                                 text=True, check=True, env=env)
-            runs.append(tuple(map(float, res.stdout.split()[-2:])))
-    (imp0, first), (imp1, cached) = runs
-    return {"first_load_s": first, "cached_load_s": cached, "speedup": first / cached,
-            "import_s": imp1, "cached_process_total_s": imp1 + cached,
-            "first_import_s": imp0}
 
 
 def bench_selection(model, s, n_val: int) -> dict:
@@ -326,28 +217,6 @@ def bench_selection(model, s, n_val: int) -> dict:
     }
 
 
-def bench_cli(repeat: int = 3) -> dict:
-    """Wall time of ``refusal-lens [<command>] --help`` in a fresh interpreter (best of
-    ``repeat``): what a user waits for help, interpreter start-up included."""
-    from refusal_lens.cli import SUBCOMMANDS
-
-    root = HERE.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    seconds = {}
-    for cmd in ["", *SUBCOMMANDS]:
-        argv = [sys.executable, "-m", "refusal_lens.cli", *([cmd] if cmd else []), "--help"]
-        best = float("inf")
-        for _ in range(repeat):
-            t = time.perf_counter()
-            subprocess.run(argv, capture_output=True, check=True, env=env, cwd=root)
-            best = min(best, time.perf_counter() - t)
-        seconds[f"refusal-lens {cmd} --help".replace("  ", " ")] = round(best, 3)
-    bare, _ = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
-    return {"help_s": seconds, "slowest_help_s": max(seconds.values()),
-            "slowest": max(seconds, key=seconds.get), "python_startup_s": round(bare, 3),
-            "load_avg_1min": round(os.getloadavg()[0], 2)}
-
-
 BENCHES = ("load", "extraction", "memory", "generation", "selection", "offload", "cli")
 
 
@@ -357,9 +226,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES),
                         help="run only these benchmarks (the others keep their last results)")
-    parser.add_argument("--new-tokens", type=int, default=64, metavar="N",
+    parser.add_argument("--new-tokens", type=int, default=None, metavar="N",
                         help="greedy tokens per completion in the generation row (default 64; "
                              "16 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, metavar="R",
+                        help="interleaved rounds of the generation row's cached arms; each arm's "
+                             "time is its median over rounds (default 3; 1 with --quick)")
     parser.add_argument("--model", default="embedded",
                         help="model spec for the extraction, generation and selection rows; "
                              "another model's rows are kept beside the embedded ones (the "
@@ -369,6 +241,10 @@ def main() -> int:
     if embedded_only and args.model != "embedded":
         parser.error(f"--only {' '.join(embedded_only)} measure(s) the embedded model; with "
                      f"--model {args.model} pass --only from extraction, generation, selection")
+    args.rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
+    args.new_tokens = args.new_tokens if args.new_tokens is not None else 16 if args.quick else 64
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.new_tokens < 1:
         parser.error(f"--new-tokens must be at least 1, not {args.new_tokens}")
     import refusal_lens as rl
@@ -407,7 +283,7 @@ def main() -> int:
                 model, (s.harmful_train + s.harmless_train)[:n], matmul_roofline())
         elif name == "generation":
             own["generation"] = bench_generation(model, s.harmless_test[:16],
-                                                 16 if args.quick else args.new_tokens)
+                                                 args.new_tokens, args.rounds)
         elif name == "selection":
             own["selection"] = bench_selection(model, s, 8 if args.quick else 32)
     machine["load_avg_1min_after"] = os.getloadavg()[0]
