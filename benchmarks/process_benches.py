@@ -13,20 +13,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def _best_of(fn, repeat: int) -> float:
-    """Best wall time of ``repeat`` calls."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+sys.path.insert(0, str(HERE))
+from timing import timed  # noqa: E402
 
 
 _RSS_CHILD = """
@@ -171,10 +162,10 @@ def bench_cli(repeat: int = 3) -> dict:
     seconds = {}
     for cmd in ["", *SUBCOMMANDS]:
         argv = [sys.executable, "-m", "refusal_lens.cli", *([cmd] if cmd else []), "--help"]
-        best = _best_of(lambda: subprocess.run(argv, capture_output=True, check=True, env=env,
+        best, _ = timed(lambda: subprocess.run(argv, capture_output=True, check=True, env=env,
                                                cwd=root), repeat)
         seconds[f"refusal-lens {cmd} --help".replace("  ", " ")] = round(best, 3)
-    bare = _best_of(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
+    bare, _ = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeat)
     return {"help_s": seconds, "slowest_help_s": max(seconds.values()),
             "slowest": max(seconds, key=seconds.get), "python_startup_s": round(bare, 3),
             "load_avg_1min": round(os.getloadavg()[0], 2)}

@@ -34,16 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from process_benches import bench_cli, bench_load, bench_memory, bench_offload  # noqa: E402
 from targets import markdown, targets  # noqa: E402
-
-
-def timed(fn, repeat: int = 1):
-    """Best wall time of ``repeat`` calls, and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from timing import timed  # noqa: E402
 
 
 def matmul_roofline(n: int = 2048, repeat: int = 5) -> float:
