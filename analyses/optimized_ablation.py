@@ -60,7 +60,7 @@ def figure(summary: dict, args: argparse.Namespace):
     res = summary["seeds"]
     return pareto_figure([r["search"] for r in res], title=(
         f"Optimised ablation (kernel weights, multi-objective TPE)<br><sup>{summary['model']}; "
-        f"{res[0]['search']['n_trials']} trials per seed on {res[0]['search']['n_harmful_val']}"
+        f"searched on {res[0]['search']['n_harmful_val']}"
         f" + {res[0]['search']['n_harmless_val']} validation prompts, "
         f"{res[0]['search']['max_new_tokens']} greedy tokens</sup>"))
 

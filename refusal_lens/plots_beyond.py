@@ -174,7 +174,8 @@ def pareto_figure(results: Sequence[dict[str, Any]],
     (single-direction) trial, the chosen point and the random direction, one panel per seed;
     ``results`` from :func:`refusal_lens.optimized_ablation.search_weights`."""
     fig = make_subplots(rows=1, cols=len(results), shared_yaxes=True,
-                        subplot_titles=[f"seed {r['seed']}" for r in results])
+                        subplot_titles=[f"seed {r['seed']}: {r['n_trials']} trials"
+                                        for r in results])
     for col, res in enumerate(results, start=1):
         trials = res["trials"]
         front = sorted((t for t in trials if t["number"] in set(res["pareto"])),
@@ -188,14 +189,16 @@ def pareto_figure(results: Sequence[dict[str, Any]],
                                  mode="lines+markers", line=dict(color="#1f77b4"),
                                  name="Pareto front", showlegend=show, legendgroup="front"),
                       row=1, col=col)
-        marks = [("uniform", "single-direction ablation", "star", "#d62728"),
-                 ("chosen", "chosen point", "diamond", "#2ca02c"),
-                 ("random", "random direction ablated", "x", "#7f7f7f")]
-        for key, name, symbol, color in marks:
+        # the chosen point under the star, larger: where the rule returns the uniform
+        # kernel itself, both marks stay visible
+        marks = [("chosen", "chosen point", "diamond", "#2ca02c", 20),
+                 ("uniform", "single-direction ablation", "star", "#d62728", 12),
+                 ("random", "random direction ablated", "x", "#7f7f7f", 14)]
+        for key, name, symbol, color, size in marks:
             if key in res:
                 fig.add_trace(go.Scatter(x=[res[key]["kl"]], y=[res[key]["refusal"]],
                                          mode="markers", name=name, showlegend=show,
-                                         legendgroup=key, marker=dict(symbol=symbol, size=14,
+                                         legendgroup=key, marker=dict(symbol=symbol, size=size,
                                                                       color=color)),
                               row=1, col=col)
         fig.update_xaxes(title_text="KL, harmless validation prompts", type="log", row=1, col=col)

@@ -1,4 +1,4 @@
-"""Figures: candidate scores, refusal rates and the suffix effect."""
+"""Figures: candidate scores, refusal rates, the suffix effect and the optimised-ablation front."""
 
 from __future__ import annotations
 
@@ -73,3 +73,16 @@ def test_refusal_rates_controls_grey_and_labels_above_the_intervals():
     tops = {t.text[0]: t.y[0] for t in labels}
     assert tops == {"0.90": pytest.approx(0.95), "0.04": pytest.approx(0.07),
                     "0.94": pytest.approx(0.97)}
+
+
+def test_pareto_figure_titles_each_seed_with_its_own_trial_count():
+    from refusal_lens.plots_beyond import pareto_figure
+
+    def search(seed, n):
+        trials = [{"number": i, "refusal": 1.0 - i / n, "kl": 0.01 * (i + 1)} for i in range(n)]
+        return {"seed": seed, "trials": trials, "pareto": list(range(n)), "uniform": trials[-1],
+                "chosen": trials[-1], "n_trials": n, "random": {"refusal": 0.9, "kl": 0.005}}
+
+    fig = pareto_figure([search(0, 5), search(1, 3)])
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:2] == ["seed 0: 5 trials", "seed 1: 3 trials"]
