@@ -37,7 +37,7 @@ def figure(summary: dict, args: argparse.Namespace):
         raise SystemExit("no seed finished; nothing to plot")
     return strength_sweep_figure(res, title=(
         f"Strength sweeps, rule '{summary['rule']}' directions<br><sup>{summary['model']}; "
-        f"{scripts.sweep_caption(res[0])}; grey: norm-matched random direction at the "
+        f"{scripts.sweep_caption(res[0])};<br>grey: norm-matched random direction at the "
         "same strength</sup>"))
 
 

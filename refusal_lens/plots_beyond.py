@@ -54,7 +54,7 @@ def strength_sweep_figure(results: Sequence[dict[str, Any]],
     fig.update_yaxes(title_text="CE (nats/token)", row=2, col=1)
     fig.update_xaxes(title_text="alpha (fraction of the component removed)", row=2, col=1)
     fig.update_xaxes(title_text="coefficient c (x + c r at the direction's layer)", row=2, col=2)
-    fig.update_layout(title=title, height=720, width=1100, legend_title="arm")
+    fig.update_layout(title=title, height=760, width=1100, legend_title="arm", margin={"t": 140})
     return fig
 
 
