@@ -34,7 +34,7 @@ def figure(summary: dict, args: argparse.Namespace):
     res = summary["seeds"]
     return subspace_figure(res, title=(
         f"Ablating a k-dimensional refusal subspace<br><sup>{summary['model']}; rule "
-        f"'{summary['rule']}' directions; {scripts.sweep_caption(res[0])}; grey: random "
+        f"'{summary['rule']}' directions; {scripts.sweep_caption(res[0])};<br>grey: random "
         "subspaces of equal dimension</sup>"))
 
 
