@@ -17,10 +17,11 @@ __all__ += ["strength_sweep_figure"]
 _SEED_DASH = ("solid", "dash", "dashdot", "longdash")
 
 
-def _title_margin(title: str) -> dict[str, int]:
-    """A top margin that fits every line of ``title``: plotly's default 100 px holds a title and
-    one subtitle line; each further ``<br>`` needs 40 px more, or it runs into the subplots."""
-    return {"t": 100 + 40 * max(0, title.count("<br>") - 1)}
+def _title_margin(title: str) -> int:
+    """A top margin in px that fits every line of ``title``: plotly's default 100 px holds a
+    title and one subtitle line; each further ``<br>`` needs 40 px more, or it runs into the
+    subplots. Figures add it to their plot height, so a longer title does not shrink the plots."""
+    return 100 + 40 * max(0, title.count("<br>") - 1)
 
 
 def strength_sweep_figure(results: Sequence[dict[str, Any]],
@@ -60,8 +61,9 @@ def strength_sweep_figure(results: Sequence[dict[str, Any]],
     fig.update_yaxes(title_text="CE (nats/token)", row=2, col=1)
     fig.update_xaxes(title_text="alpha (fraction of the component removed)", row=2, col=1)
     fig.update_xaxes(title_text="coefficient c (x + c r at the direction's layer)", row=2, col=2)
-    fig.update_layout(title=title, height=760, width=1100, legend_title="arm",
-                      margin=_title_margin(title))
+    top = _title_margin(title)
+    fig.update_layout(title=title, height=620 + top, width=1100, legend_title="arm",
+                      margin={"t": top})
     return fig
 
 
@@ -129,8 +131,9 @@ def subspace_figure(results: Sequence[dict[str, Any]],
     fig.update_xaxes(title_text="subspace dimension k", dtick=1)
     fig.update_yaxes(title_text="refusal rate", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="CE (nats/token)", row=1, col=2)
-    fig.update_layout(title=title, height=500, width=1100, legend_title="ablated",
-                      margin=_title_margin(title))
+    top = _title_margin(title)
+    fig.update_layout(title=title, height=360 + top, width=1100, legend_title="ablated",
+                      margin={"t": top})
     return fig
 
 

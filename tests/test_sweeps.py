@@ -75,10 +75,11 @@ def test_sweep_figure(swept):
     fig = strength_sweep_figure([swept, swept | {"seed": 1}])
     assert len(fig.data) == 16  # 2 seeds x 2 panels x (direction, random) x (rate, CE)
     assert list(fig.data[0].x) == [0.0, 0.5, 1.0]
-    # a caption on two lines gets the room the first one had, plus a line's worth
-    one = strength_sweep_figure([swept], title="t<br><sup>caption</sup>").layout.margin.t
-    two = strength_sweep_figure([swept], title="t<br><sup>caption<br>grey</sup>").layout.margin.t
-    assert two == one + 40
+    # a caption on two lines gets the room the first one had, plus a line's worth, on top of
+    # the same plot height
+    one = strength_sweep_figure([swept], title="t<br><sup>caption</sup>").layout
+    two = strength_sweep_figure([swept], title="t<br><sup>caption<br>grey</sup>").layout
+    assert two.margin.t == one.margin.t + 40 and two.height == one.height + 40
 
 
 def test_bad_strengths_are_refused_before_work(synthetic, planted):
